@@ -1,0 +1,426 @@
+//! Loads a bundle and turns its config.json into the plans the setup process
+//! executes. Everything that can be checked without side effects is checked here,
+//! before any process or state exists.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sys::stat::SFlag;
+use nix::unistd::Uid;
+use oci_spec::runtime::{LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, Spec};
+
+use crate::caps::CapSets;
+use crate::error::{Error, Result};
+use crate::idmap::{self, MapWriter};
+use crate::mounts::{self, DevicePlan, MountKind, MountPlan, RootfsPlan};
+use crate::process::{self, ProcessPlan, Rlimit};
+use crate::sys;
+
+/// The namespaces to create and to join, as clone flags.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NamespacePlan {
+    pub create: u64,
+    /// In join order: the user namespace first, so the others are joined with its
+    /// capabilities.
+    pub join: Vec<(PathBuf, u64)>,
+}
+
+impl NamespacePlan {
+    pub fn creates(&self, flag: i32) -> bool {
+        self.create & flag as u64 != 0
+    }
+    pub fn joins(&self, flag: i32) -> bool {
+        self.join.iter().any(|(_, f)| *f == flag as u64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct IdMaps {
+    pub writer: MapWriter,
+    pub uid: Vec<LinuxIdMapping>,
+    pub gid: Vec<LinuxIdMapping>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ContainerConfig {
+    pub spec: Spec,
+    pub bundle: PathBuf,
+    pub namespaces: NamespacePlan,
+    pub maps: Option<IdMaps>,
+    pub rootfs: RootfsPlan,
+    pub hostname: Option<String>,
+    pub process: ProcessPlan,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidConfig(msg.into())
+}
+
+pub(crate) fn ns_flag(t: LinuxNamespaceType) -> i32 {
+    match t {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
+    }
+}
+
+/// Reads `bundle/config.json`.
+pub(crate) fn read_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
+    let bundle = std::fs::canonicalize(bundle).map_err(|e| Error::Bundle {
+        path: bundle.to_path_buf(),
+        reason: format!("{e}; pass the directory that holds config.json with --bundle"),
+    })?;
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::Bundle {
+        path: bundle.clone(),
+        reason: format!("cannot read config.json: {e}"),
+    })?;
+    let spec = serde_json::from_slice(&text).map_err(|e| Error::Config {
+        path: bundle.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((bundle, spec))
+}
+
+fn namespaces(spec: &Spec) -> Result<NamespacePlan> {
+    let mut plan = NamespacePlan::default();
+    let mut seen = HashSet::new();
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in &list {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(format!(
+                "linux.namespaces lists the {} namespace twice",
+                ns.typ()
+            )));
+        }
+        let flag = ns_flag(ns.typ()) as u64;
+        match ns.path() {
+            None => plan.create |= flag,
+            Some(p) => {
+                if !p.exists() {
+                    return Err(invalid(format!(
+                        "namespace path {} ({}) does not exist",
+                        p.display(),
+                        ns.typ()
+                    )));
+                }
+                plan.join.push((p.clone(), flag));
+            }
+        }
+    }
+    plan.join
+        .sort_by_key(|(_, f)| *f != libc::CLONE_NEWUSER as u64);
+    Ok(plan)
+}
+
+fn id_maps(spec: &Spec, ns: &NamespacePlan) -> Result<Option<IdMaps>> {
+    let linux = spec.linux().as_ref();
+    let uid = linux
+        .and_then(|l| l.uid_mappings().clone())
+        .unwrap_or_default();
+    let gid = linux
+        .and_then(|l| l.gid_mappings().clone())
+        .unwrap_or_default();
+    if !ns.creates(libc::CLONE_NEWUSER) {
+        if !uid.is_empty() || !gid.is_empty() {
+            return Err(invalid(
+                "uidMappings/gidMappings are set but linux.namespaces creates no user namespace",
+            ));
+        }
+        return Ok(None);
+    }
+    if uid.is_empty() || gid.is_empty() {
+        return Err(invalid(
+            "a new user namespace needs linux.uidMappings and linux.gidMappings",
+        ));
+    }
+    for m in uid.iter().chain(&gid) {
+        if m.size() == 0 {
+            return Err(invalid("an id mapping has size 0"));
+        }
+    }
+    Ok(Some(IdMaps {
+        writer: idmap::choose_writer(&uid, &gid),
+        uid,
+        gid,
+    }))
+}
+
+fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        if !dest.is_absolute() {
+            return Err(invalid(format!(
+                "mount destination {} must be an absolute path",
+                dest.display()
+            )));
+        }
+        let opts = mounts::parse_options(m.options().as_deref().unwrap_or(&[]));
+        let typ = m.typ().as_deref().unwrap_or("");
+        let kind = if typ == "bind" || opts.bind.is_some() {
+            let source = m.source().as_ref().ok_or_else(|| {
+                invalid(format!("bind mount on {} has no source", dest.display()))
+            })?;
+            let source = if source.is_absolute() {
+                source.clone()
+            } else {
+                bundle.join(source)
+            };
+            if !source.exists() {
+                return Err(invalid(format!(
+                    "bind mount source {} for {} does not exist",
+                    source.display(),
+                    dest.display()
+                )));
+            }
+            MountKind::Bind {
+                source,
+                recursive: opts.bind.unwrap_or(false),
+            }
+        } else if typ == "cgroup" || typ == "cgroup2" {
+            MountKind::Cgroup
+        } else if typ.is_empty() {
+            return Err(invalid(format!(
+                "mount on {} has no type (use bind, tmpfs, proc, ...)",
+                dest.display()
+            )));
+        } else {
+            MountKind::Fs {
+                fstype: typ.to_string(),
+                source: m
+                    .source()
+                    .as_ref()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| typ.to_string()),
+            }
+        };
+        out.push(MountPlan {
+            dest: mounts::clean_container_path(dest),
+            kind,
+            flags: opts.flags,
+            propagation: opts.propagation,
+            data: (!opts.data.is_empty()).then(|| opts.data.join(",")),
+        });
+    }
+    Ok(out)
+}
+
+fn device_plans(spec: &Spec, uid: u32, gid: u32) -> Result<Vec<DevicePlan>> {
+    let mut devices = mounts::default_devices(uid, gid);
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(invalid(format!(
+                    "device {} has type 'a', which is only valid in cgroup rules",
+                    d.path().display()
+                )));
+            }
+        };
+        let path = mounts::clean_container_path(d.path());
+        devices.retain(|existing| existing.path != path);
+        devices.push(DevicePlan {
+            path,
+            kind,
+            major: d.major() as u64,
+            minor: d.minor() as u64,
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid().unwrap_or(uid),
+            gid: d.gid().unwrap_or(gid),
+        });
+    }
+    Ok(devices)
+}
+
+pub(crate) fn cstrings(list: &[String], what: &str) -> Result<Vec<CString>> {
+    list.iter()
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| invalid(format!("{what} {s:?} contains a NUL byte")))
+        })
+        .collect()
+}
+
+/// The process plan for `process` of a spec (also the base of exec'd processes).
+pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
+    let p = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("config.json has no process section"))?;
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(invalid("process.args is empty: give the command to run"));
+    }
+    let env = p.env().clone().unwrap_or_default();
+    for e in &env {
+        if !e.contains('=') {
+            return Err(invalid(format!("process.env entry {e:?} is not KEY=VALUE")));
+        }
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(process::DEFAULT_PATH)
+        .to_string();
+    if !p.cwd().is_absolute() {
+        return Err(invalid(format!(
+            "process.cwd {} must be an absolute path",
+            p.cwd().display()
+        )));
+    }
+    let rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| {
+            let name = r.typ().to_string();
+            let resource = process::rlimit_resource(&name)
+                .ok_or_else(|| invalid(format!("unknown rlimit {name}")))?;
+            if r.soft() > r.hard() {
+                return Err(invalid(format!(
+                    "{name}: soft limit {} is above hard limit {}",
+                    r.soft(),
+                    r.hard()
+                )));
+            }
+            Ok(Rlimit {
+                name,
+                resource,
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ProcessPlan {
+        args: cstrings(&args, "process.args entry")?,
+        env: cstrings(&env, "process.env entry")?,
+        path_var,
+        cwd: mounts::clean_container_path(p.cwd()),
+        uid: p.user().uid(),
+        gid: p.user().gid(),
+        additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        umask: p.user().umask(),
+        caps: CapSets::from_spec(p.capabilities().as_ref()),
+        rlimits,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        oom_score_adj: p.oom_score_adj(),
+        terminal: p.terminal().unwrap_or(false),
+        runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
+    })
+}
+
+/// Loads and validates a bundle.
+pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
+    let (bundle, spec) = read_spec(bundle)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("config.json has no root section"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| Error::Bundle {
+            path: bundle.clone(),
+            reason: format!("root.path {} is not a directory", rootfs.display()),
+        })?;
+    if rootfs.as_os_str().as_bytes().contains(&0) {
+        return Err(invalid("root.path contains a NUL byte"));
+    }
+
+    let namespaces = namespaces(&spec)?;
+    let in_userns =
+        namespaces.creates(libc::CLONE_NEWUSER) || namespaces.joins(libc::CLONE_NEWUSER);
+    if !Uid::effective().is_root() && !in_userns {
+        return Err(invalid(
+            "rcrun runs as an ordinary user here, so the container needs a user namespace: add {\"type\": \"user\"} and id mappings to linux (`rcrun oci spec --rootless` writes them)",
+        ));
+    }
+    if !namespaces.creates(libc::CLONE_NEWNS) {
+        return Err(invalid(
+            "linux.namespaces must create a mount namespace (type \"mount\") for the container's root filesystem",
+        ));
+    }
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    if let Some(h) = &hostname {
+        if !namespaces.creates(libc::CLONE_NEWUTS) {
+            return Err(invalid(
+                "hostname is set but linux.namespaces creates no uts namespace",
+            ));
+        }
+        if h.len() > 64 || h.contains('\0') {
+            return Err(invalid(format!("hostname {h:?} is longer than 64 bytes")));
+        }
+    }
+    let maps = id_maps(&spec, &namespaces)?;
+    let process = process_plan(&spec)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let mounts = mount_plans(&spec, &bundle)?;
+    let populate_dev = mounts
+        .iter()
+        .any(|m| m.dest == Path::new("/dev") && !matches!(m.kind, MountKind::Bind { .. }));
+    let root_propagation = match linux.rootfs_propagation().as_deref() {
+        None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        Some(p) => {
+            mounts::propagation_flag(p)
+                .ok_or_else(|| invalid(format!("unknown linux.rootfsPropagation {p:?}")))?
+                | MsFlags::MS_REC
+        }
+    };
+    let rootfs_plan = RootfsPlan {
+        rootfs,
+        root_propagation,
+        mounts,
+        populate_dev,
+        devices: device_plans(&spec, 0, 0)?,
+        bind_devices: in_userns,
+        masked: linux
+            .masked_paths()
+            .iter()
+            .flatten()
+            .map(|p| mounts::clean_container_path(Path::new(p)))
+            .collect(),
+        readonly: linux
+            .readonly_paths()
+            .iter()
+            .flatten()
+            .map(|p| mounts::clean_container_path(Path::new(p)))
+            .collect(),
+        readonly_root: root.readonly().unwrap_or(false),
+        cwd: process.cwd.clone(),
+    };
+    Ok(ContainerConfig {
+        spec,
+        bundle,
+        namespaces,
+        maps,
+        rootfs: rootfs_plan,
+        hostname,
+        process,
+    })
+}

@@ -1,0 +1,34 @@
+//! rcrun's OCI runtime: runs a runtime-spec bundle (config.json + rootfs) in fresh
+//! namespaces, as an ordinary user (through a user namespace) or as root.
+//!
+//! The start path is one process tree: rcrun clones the container's init with all
+//! its namespaces at once (an intermediate process only when namespaces are joined
+//! by path), writes its id maps, and the init builds the rootfs, drops privileges
+//! and execs the user's program as pid 1. Nothing is re-exec'd or shelled out,
+//! except the setuid helpers newuidmap/newgidmap for multi-range maps.
+//!
+//! Callers must be single-threaded when they create, run or exec (see
+//! [`Runtime::run`]); the CLI is.
+
+mod caps;
+mod channel;
+mod config;
+mod container;
+mod error;
+mod idmap;
+mod monitor;
+mod mounts;
+mod process;
+mod signal;
+mod spawn;
+mod spec;
+mod state;
+mod sys;
+mod tty;
+
+pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime};
+pub use error::{Error, FailureKind, Result};
+pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
+pub use signal::parse_signal;
+pub use spec::default_spec;
+pub use state::{State, Status};

@@ -1,0 +1,115 @@
+//! Terminals: the container side allocates a pty from its own devpts; rcrun's side
+//! copies between its terminal and the pty master.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
+use nix::sys::termios::{self, SetArg, Termios};
+
+use crate::error::{FailureKind, SetupFailure};
+
+nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
+nix::ioctl_read_bad!(get_winsize, libc::TIOCGWINSZ, Winsize);
+
+fn failure(step: &str, errno: Errno) -> SetupFailure {
+    SetupFailure {
+        step: step.into(),
+        detail: errno.desc().to_string(),
+        kind: FailureKind::Setup,
+    }
+}
+
+/// In the container (after pivot_root): a new pty whose slave becomes the
+/// controlling terminal and stdio, bound over /dev/console. Returns the master.
+pub(crate) fn open_console(size: Option<(u16, u16)>) -> Result<OwnedFd, SetupFailure> {
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| failure("open /dev/ptmx (is devpts mounted on /dev/pts?)", e))?;
+    grantpt(&master).map_err(|e| failure("grantpt", e))?;
+    unlockpt(&master).map_err(|e| failure("unlockpt", e))?;
+    let slave_path = ptsname_r(&master).map_err(|e| failure("ptsname", e))?;
+    if let Some((rows, cols)) = size {
+        let ws = Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: ioctl with a valid winsize.
+        unsafe { set_winsize(master.as_raw_fd(), &ws) }
+            .map_err(|e| failure("set the console size", e))?;
+    }
+    let slave = nix::fcntl::open(
+        slave_path.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| failure("open the pty slave", e))?;
+    // SAFETY: TIOCSCTTY takes an int argument; we are a session leader.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(failure(
+            "make the pty the controlling terminal",
+            Errno::last(),
+        ));
+    }
+    if let Ok(console) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/dev/console")
+    {
+        drop(console);
+        let _ = nix::mount::mount(
+            Some(slave_path.as_str()),
+            "/dev/console",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(failure("attach stdio to the pty", Errno::last()));
+        }
+    }
+    Ok(master.into())
+}
+
+/// Puts rcrun's terminal in raw mode while the container owns it; restores on drop.
+pub(crate) struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    pub(crate) fn enter(fd: BorrowedFd<'_>) -> Option<Self> {
+        let saved = termios::tcgetattr(fd).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(fd, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Copies rcrun's terminal size onto the pty.
+pub(crate) fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let mut ws = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: ioctls on valid fds with a valid winsize.
+    unsafe {
+        if get_winsize(from.as_raw_fd(), &mut ws).is_ok() {
+            let _ = set_winsize(to.as_raw_fd(), &ws);
+        }
+    }
+}
