@@ -584,3 +584,199 @@ fn rootless_without_user_namespace_is_refused() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("user namespace"), "{}", stderr(&out));
 }
+
+// ---- runc's command line ----
+
+#[test]
+fn rcrun_oci_link_speaks_runcs_cli_with_options_anywhere() {
+    let b = Bundle::busybox(&["sleep", "30"]);
+    let links = tempfile::tempdir().unwrap();
+    let runc_like = links.path().join("rcrun-oci");
+    std::os::unix::fs::symlink(common::rcrun(), &runc_like).unwrap();
+    let state = b.state.path().to_str().unwrap();
+    let bundle = b.path().to_str().unwrap();
+    let oci = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&runc_like);
+        cmd.args(args);
+        common::output_via_files(cmd)
+    };
+    // Global options before the command, command options after the id.
+    let out = oci(&["--root", state, "create", "linked", "--bundle", bundle]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(b.status("linked"), "created");
+    let out = oci(&["--root", state, "list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "linked");
+    assert_eq!(list[0]["status"], "created");
+    let out = oci(&["delete", "linked", "--force", "--root", state]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(b.list().is_empty());
+}
+
+#[test]
+fn errors_go_to_the_log_as_json_and_usage_errors_exit_125() {
+    let b = Bundle::busybox(&["true"]);
+    let log = b.state.path().join("log.json");
+    let out = b.oci(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "state",
+        "ghost",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"]
+            .as_str()
+            .unwrap()
+            .contains("ghost does not exist"),
+        "{line}"
+    );
+    let out = b.oci(&["run", "--no-such-flag", "x"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+}
+
+#[test]
+fn spec_refuses_to_overwrite_and_writes_a_runnable_config() {
+    let b = Bundle::busybox(&["true"]);
+    let out = b.oci(&["spec", "--bundle", b.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
+    // The bundle from `spec` (with only terminal and args changed) ran in every test above;
+    // its rootless mappings put 1.. on the user's subordinate range.
+    if !is_root() {
+        let c = b.config();
+        assert_eq!(
+            c["linux"]["uidMappings"][0]["hostID"],
+            nix::unistd::Uid::current().as_raw()
+        );
+        assert_eq!(c["linux"]["uidMappings"][1]["containerID"], 1);
+    }
+}
+
+// ---- namespaces, mounts and process attributes ----
+
+#[test]
+fn namespaces_can_be_joined_by_path() {
+    let a = Bundle::busybox_userns(&["sleep", "30"]);
+    a.edit(|c| c["hostname"] = json!("shared-uts"));
+    let out = a.oci(&["run", "-d", "--bundle", a.path().to_str().unwrap(), "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state: serde_json::Value = serde_json::from_slice(&a.oci(&["state", "a"]).stdout).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+
+    // B joins A's user and uts namespaces and creates its own mount and pid ones.
+    let b = Bundle::busybox(&["sh", "-c", "hostname; echo pid=$$"]);
+    b.edit(|c| {
+        let linux = c["linux"].as_object_mut().unwrap();
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
+        c["hostname"] = serde_json::Value::Null;
+        c["linux"]["namespaces"] = json!([
+            {"type": "user", "path": format!("/proc/{pid}/ns/user")},
+            {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+            {"type": "mount"}, {"type": "pid"}, {"type": "ipc"}, {"type": "network"}
+        ]);
+    });
+    if is_root() {
+        common::chown_tree(&b.rootfs(), 300000);
+    }
+    let out = b.run("b");
+    assert_eq!(stdout(&out), "shared-uts\npid=1\n", "{}", stderr(&out));
+
+    b.edit(|c| c["linux"]["namespaces"][1]["path"] = json!("/proc/999999999/ns/uts"));
+    let out = b.run("bad");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn mount_entries_honour_their_options() {
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "touch /ro/x 2>/dev/null || echo ro-ok; grep -E ' /(ro|scratch) ' /proc/mounts; cp /bin/true /scratch/t; /scratch/t || echo noexec-ok",
+    ]);
+    let data = b.data.path().to_str().unwrap().to_string();
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/ro", "type": "bind", "source": data, "options": ["rbind", "ro", "nosuid", "rprivate"]}));
+        mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["noexec", "nodev", "size=1m", "mode=1777"]}));
+    });
+    let out = b.run("mnt");
+    let text = stdout(&out);
+    assert!(text.contains("ro-ok"), "{text} {}", stderr(&out));
+    assert!(text.contains("noexec-ok"), "{text}");
+    let ro_line = text
+        .lines()
+        .find(|l| l.contains(" /ro "))
+        .expect("/ro mounted");
+    assert!(
+        ro_line.contains(" ro,") && ro_line.contains("nosuid"),
+        "{ro_line}"
+    );
+    let tmp_line = text
+        .lines()
+        .find(|l| l.contains(" /scratch "))
+        .expect("/scratch mounted");
+    assert!(
+        tmp_line.starts_with("tmpfs")
+            && tmp_line.contains("noexec")
+            && tmp_line.contains("size=1024k"),
+        "{tmp_line}"
+    );
+}
+
+#[test]
+fn sysfs_is_bound_read_only_without_a_network_namespace() {
+    let b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "grep ' /sys ' /proc/mounts; ls /sys/class/net | grep -c lo",
+    ]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network");
+    });
+    let out = b.run("sys");
+    let text = stdout(&out);
+    let line = text.lines().next().unwrap_or_default();
+    assert!(
+        line.contains(" /sys ") && line.contains(" ro,"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(text.lines().nth(1), Some("1"), "{text}");
+}
+
+#[test]
+fn process_attributes_are_applied() {
+    let b = Bundle::busybox_userns(&[
+        "sh",
+        "-c",
+        "id -G; cat /proc/self/oom_score_adj; grep NoNewPrivs /proc/self/status; umask",
+    ]);
+    b.edit(|c| {
+        c["process"]["user"] =
+            json!({"uid": 1000, "gid": 1000, "additionalGids": [2000, 2001], "umask": 23});
+        c["process"]["oomScoreAdj"] = json!(500);
+    });
+    let out = b.run("attrs");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"1000 2000 2001"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(lines.get(1), Some(&"500"));
+    assert!(lines.get(2).is_some_and(|l| l.ends_with('1')), "{text}");
+    assert_eq!(lines.get(3), Some(&"0027"));
+}

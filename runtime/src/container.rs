@@ -330,9 +330,12 @@ impl Runtime {
         let signals = BlockedSignals::current();
         let gate = Gate::Fifo(fifo);
         let mask = signals.original;
-        let spawned = spawn::spawn(&cfg.namespaces, cfg.maps.as_ref(), |ch| {
-            init_body(&cfg, &gate, &mask, ch)
-        })?;
+        let spawned = spawn::spawn(
+            &cfg.namespaces,
+            cfg.maps.as_ref(),
+            cfg.process.oom_score_adj,
+            |ch| init_body(&cfg, &gate, &mask, ch),
+        )?;
         await_ready(&spawned)?;
         let saved = Self::record(&cfg, id, spawned.pid)
             .save(&dir)
@@ -412,9 +415,12 @@ impl Runtime {
             BlockedSignals::block()?
         };
         let mask = signals.original;
-        let spawned = spawn::spawn(&cfg.namespaces, cfg.maps.as_ref(), |ch| {
-            init_body(&cfg, &Gate::Message, &mask, ch)
-        })?;
+        let spawned = spawn::spawn(
+            &cfg.namespaces,
+            cfg.maps.as_ref(),
+            cfg.process.oom_score_adj,
+            |ch| init_body(&cfg, &Gate::Message, &mask, ch),
+        )?;
         let pty = await_ready(&spawned)?;
         let started = Self::record(&cfg, id, spawned.pid)
             .save(&dir)
@@ -557,7 +563,9 @@ impl Runtime {
             BlockedSignals::block()?
         };
         let mask = signals.original;
-        let spawned = spawn::spawn(&ns, None, |ch| exec_body(&plan, &mask, ch))?;
+        let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, |ch| {
+            exec_body(&plan, &mask, ch)
+        })?;
         let pty = await_ready(&spawned)?;
         await_exec(&spawned)?;
         write_pid_file(opts.pid_file.as_deref(), spawned.pid)?;

@@ -76,7 +76,7 @@ pub(crate) fn rlimit_resource(name: &str) -> Option<i32> {
     } as i32)
 }
 
-/// Applies rlimits and oom_score_adj. Raising a hard limit needs CAP_SYS_RESOURCE
+/// Applies rlimits. Raising a hard limit needs CAP_SYS_RESOURCE
 /// in the initial namespace, which a rootless (and here even a root) rcrun lacks.
 pub(crate) fn apply_limits(plan: &ProcessPlan) -> Result<(), SetupFailure> {
     for r in &plan.rlimits {
@@ -110,16 +110,17 @@ pub(crate) fn apply_limits(plan: &ProcessPlan) -> Result<(), SetupFailure> {
             });
         }
     }
-    if let Some(score) = plan.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", score.to_string()).map_err(|e| {
-            SetupFailure {
-                step: format!("set oom_score_adj to {score}"),
-                detail: format!("{e} (lowering it needs CAP_SYS_RESOURCE)"),
-                kind: FailureKind::Setup,
-            }
-        })?;
-    }
     Ok(())
+}
+
+/// Sets oom_score_adj. It is inherited across fork, and must be written while the
+/// process is still dumpable (else its /proc files belong to the host's root).
+pub(crate) fn set_oom_score_adj(score: i32) -> Result<(), SetupFailure> {
+    std::fs::write("/proc/self/oom_score_adj", score.to_string()).map_err(|e| SetupFailure {
+        step: format!("set oom_score_adj to {score}"),
+        detail: format!("{e} (lowering it needs CAP_SYS_RESOURCE)"),
+        kind: FailureKind::Setup,
+    })
 }
 
 fn can_execute(md: &std::fs::Metadata, plan: &ProcessPlan) -> bool {

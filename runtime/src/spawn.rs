@@ -75,6 +75,7 @@ fn write_maps(pid: Pid, maps: &IdMaps, channel: &Channel) -> Result<()> {
 pub(crate) fn spawn(
     ns: &NamespacePlan,
     maps: Option<&IdMaps>,
+    oom_score_adj: Option<i32>,
     body: impl FnOnce(&Channel) -> SetupFailure,
 ) -> Result<Spawned> {
     sys::ensure_single_threaded().map_err(Error::InvalidConfig)?;
@@ -99,6 +100,9 @@ pub(crate) fn spawn(
             None => {
                 drop(parent);
                 run_child(&child, || {
+                    if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
+                        return f;
+                    }
                     if new_user && let Err(f) = wait_for_maps(&child) {
                         return f;
                     }
@@ -123,7 +127,12 @@ pub(crate) fn spawn(
     let middle = match sys::clone3(0).map_err(|e| Error::sys("fork", e))? {
         None => {
             drop(parent);
-            run_child(&child, || intermediate(ns, &join, &child, body))
+            run_child(&child, || {
+                if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
+                    return f;
+                }
+                intermediate(ns, &join, &child, body)
+            })
         }
         Some(pid) => pid,
     };

@@ -181,7 +181,7 @@ impl Bundle {
     }
 }
 
-fn chown_tree(path: &Path, id: u32) {
+pub fn chown_tree(path: &Path, id: u32) {
     std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap();
     if path.is_dir() && !path.is_symlink() {
         for entry in std::fs::read_dir(path).unwrap() {
