@@ -780,3 +780,25 @@ fn process_attributes_are_applied() {
     assert!(lines.get(2).is_some_and(|l| l.ends_with('1')), "{text}");
     assert_eq!(lines.get(3), Some(&"0027"));
 }
+
+#[test]
+fn resource_limits_are_reported_as_not_applied() {
+    let b = Bundle::busybox(&["true"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"memory": {"limit": 67108864}, "pids": {"limit": 10}})
+    });
+    let out = b.run("limits");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning")
+            && err.contains("memory, pids")
+            && err.contains("without these limits"),
+        "{err}"
+    );
+    // Without limits in the spec, nothing is said.
+    b.edit(|c| {
+        c["linux"].as_object_mut().unwrap().remove("resources");
+    });
+    assert_eq!(stderr(&b.run("quiet")), "");
+}

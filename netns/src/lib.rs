@@ -1,1 +1,1 @@
-
+//! The per-user infra network namespace, bridges, veth pairs, IPAM and port publishing (issue 4).

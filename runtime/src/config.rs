@@ -53,6 +53,8 @@ pub(crate) struct ContainerConfig {
     pub rootfs: RootfsPlan,
     pub hostname: Option<String>,
     pub process: ProcessPlan,
+    /// What rcrun will not do for this spec, to tell the user.
+    pub warnings: Vec<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -330,6 +332,34 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
     })
 }
 
+/// The resource limits a spec asks for, which rcrun does not apply yet.
+fn unapplied_limits(spec: &Spec) -> Option<String> {
+    let r = spec.linux().as_ref()?.resources().as_ref()?;
+    let asked: Vec<&str> = [
+        ("memory", r.memory().is_some()),
+        ("cpu", r.cpu().is_some()),
+        ("pids", r.pids().is_some()),
+        ("blockIO", r.block_io().is_some()),
+        (
+            "hugepageLimits",
+            r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()),
+        ),
+        (
+            "unified",
+            r.unified().as_ref().is_some_and(|u| !u.is_empty()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    (!asked.is_empty()).then(|| {
+        format!(
+            "linux.resources ({}) is not applied: rcrun does not manage cgroups yet, so the container runs without these limits",
+            asked.join(", ")
+        )
+    })
+}
+
 /// Loads and validates a bundle.
 pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
     let (bundle, spec) = read_spec(bundle)?;
@@ -414,6 +444,7 @@ pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
         readonly_root: root.readonly().unwrap_or(false),
         cwd: process.cwd.clone(),
     };
+    let warnings = unapplied_limits(&spec).into_iter().collect();
     Ok(ContainerConfig {
         spec,
         bundle,
@@ -422,5 +453,6 @@ pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
         rootfs: rootfs_plan,
         hostname,
         process,
+        warnings,
     })
 }

@@ -309,7 +309,7 @@ impl Runtime {
 
     /// Sets the container up and leaves its process waiting for `start`.
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
-        let cfg = config::load(bundle)?;
+        let cfg = load_and_warn(bundle)?;
         if cfg.process.terminal {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket for create; use `run` in the foreground or set terminal to false".into(),
@@ -402,7 +402,7 @@ impl Runtime {
     /// Creates and starts a container. In the foreground rcrun is its monitor and
     /// returns its exit code (128+N if killed by signal N), then deletes it.
     pub fn run(&self, id: &str, bundle: &Path, opts: &RunOptions) -> Result<i32> {
-        let cfg = config::load(bundle)?;
+        let cfg = load_and_warn(bundle)?;
         if cfg.process.terminal && opts.detach {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),
@@ -574,6 +574,15 @@ impl Runtime {
         }
         monitor::wait(spawned.pid, pty, &signals)
     }
+}
+
+/// Loads a bundle; what rcrun cannot honour goes to stderr, as runc's warnings do.
+fn load_and_warn(bundle: &Path) -> Result<ContainerConfig> {
+    let cfg = config::load(bundle)?;
+    for w in &cfg.warnings {
+        eprintln!("rcrun: warning: {w}");
+    }
+    Ok(cfg)
 }
 
 /// SIGKILL, then wait (on a pidfd, no polling loop) until the process is gone.
