@@ -802,3 +802,18 @@ fn resource_limits_are_reported_as_not_applied() {
     });
     assert_eq!(stderr(&b.run("quiet")), "");
 }
+
+#[test]
+fn default_state_root_ignores_a_runtime_dir_that_is_not_ours() {
+    if is_root() {
+        return; // root always uses /run/rcrun/oci
+    }
+    let b = Bundle::busybox(&["true"]);
+    // As under `su`: XDG_RUNTIME_DIR still names a directory of another user (here /).
+    let mut cmd = std::process::Command::new(common::rcrun());
+    cmd.env("XDG_RUNTIME_DIR", "/")
+        .args(["oci", "run", "--bundle", b.path().to_str().unwrap()])
+        .arg(format!("xdg-{}", std::process::id()));
+    let out = common::output_via_files(cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -223,9 +223,14 @@ impl Runtime {
         if Uid::effective().is_root() {
             return PathBuf::from("/run/rcrun/oci");
         }
+        // su and sudo often keep another user's XDG_RUNTIME_DIR: use only our own.
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|p| p.is_absolute() && p.is_dir())
+            .filter(|p| p.is_absolute())
+            .filter(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_dir() && m.uid() == Uid::effective().as_raw())
+            })
             .map(|p| p.join("rcrun"))
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/rcrun-{}", Uid::effective())));
         base.join("oci")
