@@ -817,3 +817,50 @@ fn default_state_root_ignores_a_runtime_dir_that_is_not_ours() {
     let out = common::output_via_files(cmd);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn rootless_user_namespace_without_mappings_maps_the_users_own_ids() {
+    let b = Bundle::busybox(&["cat", "/proc/self/uid_map", "/proc/self/gid_map"]);
+    b.edit(|c| {
+        let linux = c["linux"].as_object_mut().unwrap();
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
+        // devpts gid=5 needs more than one mapped gid.
+        c["mounts"][2]["options"] = json!([
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620"
+        ]);
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "user");
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+    });
+    let out = b.run("nomaps");
+    if is_root() {
+        assert_eq!(out.status.code(), Some(125), "root must give mappings");
+        assert!(stderr(&out).contains("uidMappings"), "{}", stderr(&out));
+        return;
+    }
+    let maps: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    let uid = nix::unistd::Uid::current().to_string();
+    let gid = nix::unistd::Gid::current().to_string();
+    assert_eq!(
+        maps,
+        vec![
+            vec!["0".to_string(), uid, "1".into()],
+            vec!["0".to_string(), gid, "1".into()]
+        ],
+        "{}",
+        stderr(&out)
+    );
+}

@@ -143,9 +143,19 @@ fn id_maps(spec: &Spec, ns: &NamespacePlan) -> Result<Option<IdMaps>> {
         }
         return Ok(None);
     }
+    let (uid, gid) = if uid.is_empty() && gid.is_empty() && !Uid::effective().is_root() {
+        // As crun does: an ordinary user's own ids, as root of the container.
+        let own = |id: u32| idmap::rootless_mappings(id, &[]);
+        (
+            own(Uid::effective().as_raw()),
+            own(nix::unistd::Gid::effective().as_raw()),
+        )
+    } else {
+        (uid, gid)
+    };
     if uid.is_empty() || gid.is_empty() {
         return Err(invalid(
-            "a new user namespace needs linux.uidMappings and linux.gidMappings",
+            "a new user namespace needs both linux.uidMappings and linux.gidMappings",
         ));
     }
     for m in uid.iter().chain(&gid) {
