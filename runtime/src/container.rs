@@ -22,7 +22,7 @@ use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::monitor::{self, BlockedSignals};
 use crate::process::{self, ProcessPlan};
-use crate::spawn::{self, Spawned};
+use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
 use crate::{mounts, sys, tty};
 
@@ -88,11 +88,6 @@ fn setup_failure(step: &str, errno: Errno) -> SetupFailure {
     }
 }
 
-fn kill_and_reap(pid: Pid) {
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = waitpid(pid, None);
-}
-
 /// Waits for the setup process to report Ready; returns the pty master if any.
 fn await_ready(spawned: &Spawned) -> Result<Option<OwnedFd>> {
     let outcome = match spawned.channel.recv::<ToParent>() {
@@ -132,6 +127,19 @@ fn write_pid_file(path: Option<&Path>, pid: Pid) -> Result<()> {
     }
 }
 
+/// Sends Ready (with the pty master, which this process then closes) and returns
+/// the program to exec.
+fn report_ready(
+    channel: &Channel,
+    prepared: Result<(CString, Option<OwnedFd>), SetupFailure>,
+) -> Result<CString, SetupFailure> {
+    let (exe, pty) = prepared?;
+    channel
+        .send(&ToParent::Ready, pty.as_ref().map(|p| p.as_raw_fd()))
+        .map_err(|e| setup_failure("report ready", e))?;
+    Ok(exe)
+}
+
 /// The container's init: namespaces are set; build the rootfs, prepare the
 /// process, report Ready, wait for the gate, exec.
 fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channel) -> SetupFailure {
@@ -157,14 +165,10 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         let exe = process::prepare(&cfg.process)?;
         Ok((exe, pty))
     })();
-    let (exe, pty) = match prepared {
-        Ok(v) => v,
+    let exe = match report_ready(channel, prepared) {
+        Ok(exe) => exe,
         Err(f) => return f,
     };
-    if let Err(e) = channel.send(&ToParent::Ready, pty.as_ref().map(|p| p.as_raw_fd())) {
-        return setup_failure("report ready", e);
-    }
-    drop(pty);
     match gate {
         Gate::Message => match channel.recv::<ToChild>() {
             Ok(Some((ToChild::Start, _))) => {}
@@ -201,14 +205,10 @@ fn exec_body(plan: &ProcessPlan, mask: &SigSet, channel: &Channel) -> SetupFailu
         };
         Ok((process::prepare(plan)?, pty))
     })();
-    let (exe, pty) = match prepared {
-        Ok(v) => v,
+    let exe = match report_ready(channel, prepared) {
+        Ok(exe) => exe,
         Err(f) => return f,
     };
-    if let Err(e) = channel.send(&ToParent::Ready, pty.as_ref().map(|p| p.as_raw_fd())) {
-        return setup_failure("report ready", e);
-    }
-    drop(pty);
     process::exec(plan, &exe, mask)
 }
 
@@ -312,6 +312,36 @@ impl Runtime {
         }
     }
 
+    /// Claims the id, starts the container's init up to Ready and records it. On any
+    /// failure the process is killed and the state directory removed.
+    fn launch(
+        &self,
+        id: &str,
+        cfg: &ContainerConfig,
+        gate: impl FnOnce(&Path) -> Result<Gate>,
+        signals: &BlockedSignals,
+        pid_file: Option<&Path>,
+    ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
+        let (dir, rollback) = self.new_container_dir(id)?;
+        let gate = gate(&dir)?;
+        let mask = signals.original;
+        let spawned = spawn::spawn(
+            &cfg.namespaces,
+            cfg.maps.as_ref(),
+            cfg.process.oom_score_adj,
+            |ch| init_body(cfg, &gate, &mask, ch),
+        )?;
+        let pty = await_ready(&spawned)?;
+        let saved = Self::record(cfg, id, spawned.pid)
+            .save(&dir)
+            .and_then(|()| write_pid_file(pid_file, spawned.pid));
+        if let Err(e) = saved {
+            kill_and_reap(spawned.pid);
+            return Err(e);
+        }
+        Ok((spawned, pty, rollback))
+    }
+
     /// Sets the container up and leaves its process waiting for `start`.
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
         let cfg = load_and_warn(bundle)?;
@@ -320,35 +350,13 @@ impl Runtime {
                 "process.terminal is true, which needs a console socket for create; use `run` in the foreground or set terminal to false".into(),
             ));
         }
-        let (dir, rollback) = self.new_container_dir(id)?;
-        let fifo_path = dir.join(FIFO);
-        nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
-            .map_err(|e| Error::sys(format!("create {}", fifo_path.display()), e))?;
-        // mkfifo is subject to the umask; the container's user must be able to write it.
-        std::fs::set_permissions(
-            &fifo_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o622),
-        )
-        .map_err(|e| Error::io(format!("chmod {}", fifo_path.display()), e))?;
-        let fifo = nix::fcntl::open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
-        let signals = BlockedSignals::current();
-        let gate = Gate::Fifo(fifo);
-        let mask = signals.original;
-        let spawned = spawn::spawn(
-            &cfg.namespaces,
-            cfg.maps.as_ref(),
-            cfg.process.oom_score_adj,
-            |ch| init_body(&cfg, &gate, &mask, ch),
+        let (_, _, rollback) = self.launch(
+            id,
+            &cfg,
+            exec_fifo,
+            &BlockedSignals::current(),
+            opts.pid_file.as_deref(),
         )?;
-        await_ready(&spawned)?;
-        let saved = Self::record(&cfg, id, spawned.pid)
-            .save(&dir)
-            .and_then(|()| write_pid_file(opts.pid_file.as_deref(), spawned.pid));
-        if let Err(e) = saved {
-            kill_and_reap(spawned.pid);
-            return Err(e);
-        }
         rollback.disarm();
         Ok(())
     }
@@ -413,29 +421,22 @@ impl Runtime {
                 "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),
             ));
         }
-        let (dir, rollback) = self.new_container_dir(id)?;
         let signals = if opts.detach {
             BlockedSignals::current()
         } else {
             BlockedSignals::block()?
         };
-        let mask = signals.original;
-        let spawned = spawn::spawn(
-            &cfg.namespaces,
-            cfg.maps.as_ref(),
-            cfg.process.oom_score_adj,
-            |ch| init_body(&cfg, &Gate::Message, &mask, ch),
+        let (spawned, pty, rollback) = self.launch(
+            id,
+            &cfg,
+            |_| Ok(Gate::Message),
+            &signals,
+            opts.pid_file.as_deref(),
         )?;
-        let pty = await_ready(&spawned)?;
-        let started = Self::record(&cfg, id, spawned.pid)
-            .save(&dir)
-            .and_then(|()| write_pid_file(opts.pid_file.as_deref(), spawned.pid))
-            .and_then(|()| {
-                spawned
-                    .channel
-                    .send(&ToChild::Start, None)
-                    .map_err(|e| Error::sys("start the container", e))
-            })
+        let started = spawned
+            .channel
+            .send(&ToChild::Start, None)
+            .map_err(|e| Error::sys("start the container", e))
             .and_then(|()| await_exec(&spawned));
         if let Err(e) = started {
             kill_and_reap(spawned.pid);
@@ -579,6 +580,19 @@ impl Runtime {
         }
         monitor::wait(spawned.pid, pty, &signals)
     }
+}
+
+/// The fifo a created container's process blocks on until `start` opens it.
+fn exec_fifo(dir: &Path) -> Result<Gate> {
+    let path = dir.join(FIFO);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o622))
+        .map_err(|e| Error::sys(format!("create {}", path.display()), e))?;
+    // mkfifo is subject to the umask; the container's user must be able to write it.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+    nix::fcntl::open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map(Gate::Fifo)
+        .map_err(|e| Error::sys(format!("open {}", path.display()), e))
 }
 
 /// Loads a bundle; what rcrun cannot honour goes to stderr, as runc's warnings do.

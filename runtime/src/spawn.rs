@@ -58,7 +58,7 @@ fn wait_for_maps(channel: &Channel) -> Result<(), SetupFailure> {
     }
 }
 
-fn kill_and_reap(pid: Pid) {
+pub(crate) fn kill_and_reap(pid: Pid) {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = waitpid(pid, None);
 }
