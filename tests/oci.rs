@@ -864,3 +864,39 @@ fn rootless_user_namespace_without_mappings_maps_the_users_own_ids() {
         stderr(&out)
     );
 }
+
+#[test]
+fn exec_with_a_tty_and_kill_of_a_created_container() {
+    let b = Bundle::busybox(&["sleep", "30"]);
+    let bundle = b.path().to_str().unwrap();
+    assert!(
+        b.oci(&["run", "-d", "--bundle", bundle, "t"])
+            .status
+            .success()
+    );
+    let out = b.oci(&[
+        "exec",
+        "-t",
+        "t",
+        "sh",
+        "-c",
+        "tty; [ -t 0 ] && echo tty-stdin; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("tty-stdin"),
+        "{text}"
+    );
+
+    assert!(
+        b.oci(&["create", "--bundle", bundle, "waiting"])
+            .status
+            .success()
+    );
+    let out = b.oci(&["kill", "waiting", "KILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_until(Duration::from_secs(5), || b.status("waiting") == "stopped"));
+    assert_eq!(b.oci(&["start", "waiting"]).status.code(), Some(125));
+    assert!(b.oci(&["delete", "waiting"]).status.success());
+}
