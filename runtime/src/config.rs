@@ -370,6 +370,90 @@ fn unapplied_limits(spec: &Spec) -> Option<String> {
     })
 }
 
+/// Fields rcrun does not implement yet: said out loud instead of silently ignored.
+fn unsupported_fields(spec: &Spec) -> Vec<String> {
+    let linux = spec.linux().as_ref();
+    let process = spec.process().as_ref();
+    let named: Vec<&str> = [
+        ("hooks", spec.hooks().is_some()),
+        (
+            "domainname",
+            spec.domainname().as_ref().is_some_and(|d| !d.is_empty()),
+        ),
+        (
+            "linux.sysctl",
+            linux
+                .and_then(|l| l.sysctl().as_ref())
+                .is_some_and(|s| !s.is_empty()),
+        ),
+        (
+            "linux.personality",
+            linux.and_then(|l| l.personality().as_ref()).is_some(),
+        ),
+        (
+            "linux.timeOffsets",
+            linux.and_then(|l| l.time_offsets().as_ref()).is_some(),
+        ),
+        (
+            "linux.intelRdt",
+            linux.and_then(|l| l.intel_rdt().as_ref()).is_some(),
+        ),
+        (
+            "linux.memoryPolicy",
+            linux.and_then(|l| l.memory_policy().as_ref()).is_some(),
+        ),
+        (
+            "linux.netDevices",
+            linux
+                .and_then(|l| l.net_devices().as_ref())
+                .is_some_and(|n| !n.is_empty()),
+        ),
+        (
+            "linux.mountLabel",
+            linux
+                .and_then(|l| l.mount_label().as_ref())
+                .is_some_and(|m| !m.is_empty()),
+        ),
+        (
+            "process.apparmorProfile",
+            process
+                .and_then(|p| p.apparmor_profile().as_ref())
+                .is_some_and(|a| !a.is_empty()),
+        ),
+        (
+            "process.selinuxLabel",
+            process
+                .and_then(|p| p.selinux_label().as_ref())
+                .is_some_and(|l| !l.is_empty()),
+        ),
+        (
+            "process.ioPriority",
+            process.and_then(|p| p.io_priority().as_ref()).is_some(),
+        ),
+        (
+            "process.scheduler",
+            process.and_then(|p| p.scheduler().as_ref()).is_some(),
+        ),
+        (
+            "process.execCPUAffinity",
+            process
+                .and_then(|p| p.exec_cpu_affinity().as_ref())
+                .is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    let mut out: Vec<String> = unapplied_limits(spec).into_iter().collect();
+    if !named.is_empty() {
+        out.push(format!(
+            "{} not supported yet and ignored",
+            named.join(", ")
+        ));
+    }
+    out
+}
+
 /// Loads and validates a bundle.
 pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
     let (bundle, spec) = read_spec(bundle)?;
@@ -454,7 +538,18 @@ pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
         readonly_root: root.readonly().unwrap_or(false),
         cwd: process.cwd.clone(),
     };
-    let warnings = unapplied_limits(&spec).into_iter().collect();
+    if spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some()
+    {
+        // Fail closed: a filter the user asked for must not silently go missing.
+        return Err(invalid(
+            "linux.seccomp is set, but rcrun cannot apply seccomp filters yet; remove it to run without a filter",
+        ));
+    }
+    let warnings = unsupported_fields(&spec);
     Ok(ContainerConfig {
         spec,
         bundle,
