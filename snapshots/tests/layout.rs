@@ -1,0 +1,334 @@
+//! OCI layouts built here, byte by byte, imported into a fresh store.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::json;
+use snapshots::{Compression, ContentStore, Digest, Error, Platform, import_layout};
+
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses '..' and absolute paths: write the raw name, as a hostile tool would.
+        let name = path.as_bytes();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn hardlink_tar(name: &str, target: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    let raw = target.as_bytes();
+    h.as_old_mut().linkname[..raw.len()].copy_from_slice(raw);
+    h.set_path(name).unwrap();
+    h.set_cksum();
+    b.append(&h, &[][..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
+    match c {
+        Compression::None => tar.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar).unwrap();
+            e.finish().unwrap()
+        }
+        Compression::Zstd => zstd::encode_all(tar, 3).unwrap(),
+    }
+}
+
+fn media_type(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+}
+
+struct Layout {
+    dir: tempfile::TempDir,
+    manifests: Vec<serde_json::Value>,
+}
+
+impl Layout {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        Layout {
+            dir,
+            manifests: vec![],
+        }
+    }
+
+    fn blob(&self, bytes: &[u8]) -> Digest {
+        let d = Digest::of(bytes);
+        std::fs::write(self.path().join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        d
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds an image of the given layer tars; returns the manifest descriptor.
+    fn image(&self, layers: &[Vec<u8>], c: Compression, arch: &str) -> serde_json::Value {
+        let diff_ids: Vec<String> = layers.iter().map(|t| Digest::of(t).to_string()).collect();
+        let config = serde_json::to_vec(&json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}
+        }))
+        .unwrap();
+        let config_digest = self.blob(&config);
+        let layer_descs: Vec<_> = layers
+            .iter()
+            .map(|t| {
+                let blob = compress(t, c);
+                json!({"mediaType": media_type(c), "digest": self.blob(&blob).to_string(), "size": blob.len()})
+            })
+            .collect();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layer_descs
+        }))
+        .unwrap();
+        json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": self.blob(&manifest).to_string(),
+            "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        })
+    }
+
+    fn tag(&mut self, mut desc: serde_json::Value, tag: &str) {
+        desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        self.manifests.push(desc);
+        self.write_index();
+    }
+
+    fn write_index(&self) {
+        let index = json!({"schemaVersion": 2, "manifests": self.manifests});
+        std::fs::write(
+            self.path().join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+fn amd64() -> Platform {
+    Platform::parse("linux/amd64").unwrap()
+}
+
+fn store() -> (tempfile::TempDir, ContentStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn imports_every_compression_and_verifies_diff_ids() {
+    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let mut layout = Layout::new();
+        let base = tar_of(&[("etc/os-release", b"ID=test\n"), ("bin/sh", b"\x7fELF")]);
+        let top = tar_of(&[("etc/.wh.os-release", b""), ("var/.wh..wh..opq", b"")]);
+        let desc = layout.image(&[base.clone(), top.clone()], c, "amd64");
+        layout.tag(desc, "v1");
+        let (_d, store) = store();
+        let img = import_layout(&store, layout.path(), Some("v1"), &amd64()).unwrap();
+        assert_eq!(img.layers.len(), 2);
+        assert_eq!(img.layers[0].diff_id, Digest::of(&base));
+        assert_eq!(img.layers[1].compression, c);
+        for l in &img.layers {
+            assert!(store.contains(&l.digest));
+        }
+        assert!(store.contains(&img.manifest) && store.contains(&img.config));
+        assert_eq!(img.chain_ids()[0], Digest::of(&base));
+    }
+}
+
+#[test]
+fn shared_layers_are_stored_once_and_tags_select_images() {
+    let mut layout = Layout::new();
+    let base = tar_of(&[("a", b"shared")]);
+    let one = layout.image(
+        &[base.clone(), tar_of(&[("b", b"1")])],
+        Compression::Gzip,
+        "amd64",
+    );
+    let two = layout.image(
+        &[base.clone(), tar_of(&[("b", b"2")])],
+        Compression::Gzip,
+        "amd64",
+    );
+    layout.tag(one, "one");
+    layout.tag(two, "two");
+    let (_d, store) = store();
+    let a = import_layout(&store, layout.path(), Some("one"), &amd64()).unwrap();
+    let b = import_layout(&store, layout.path(), Some("two"), &amd64()).unwrap();
+    assert_eq!(a.layers[0].digest, b.layers[0].digest);
+    assert_ne!(a.manifest, b.manifest);
+    // 2 manifests + 2 configs + 3 distinct layers
+    assert_eq!(store.list().unwrap().len(), 7);
+
+    let err = import_layout(&store, layout.path(), None, &amd64()).unwrap_err();
+    assert!(
+        err.to_string().contains("holds 2 images") && err.to_string().contains("one, two"),
+        "{err}"
+    );
+    let err = import_layout(&store, layout.path(), Some("three"), &amd64()).unwrap_err();
+    assert!(
+        err.to_string().contains("no image tagged \"three\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_index_is_resolved_for_the_platform() {
+    let mut layout = Layout::new();
+    let amd = layout.image(&[tar_of(&[("arch", b"amd64")])], Compression::Gzip, "amd64");
+    let arm = layout.image(&[tar_of(&[("arch", b"arm64")])], Compression::Gzip, "arm64");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [amd.clone(), arm.clone()]
+    }))
+    .unwrap();
+    let index_desc = json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": layout.blob(&index).to_string(), "size": index.len()});
+    layout.tag(index_desc, "multi");
+    let (_d, store) = store();
+    let img = import_layout(
+        &store,
+        layout.path(),
+        Some("multi"),
+        &Platform::parse("linux/arm64").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(img.manifest.to_string(), arm["digest"].as_str().unwrap());
+    let err = import_layout(
+        &store,
+        layout.path(),
+        Some("multi"),
+        &Platform::parse("linux/s390x").unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_not_kept() {
+    let mut layout = Layout::new();
+    let desc = layout.image(&[tar_of(&[("f", b"good")])], Compression::Gzip, "amd64");
+    layout.tag(desc, "t");
+    // Flip the content of the layer blob, keeping its name.
+    let manifest: serde_json::Value = {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.path().join("index.json")).unwrap())
+                .unwrap();
+        let d: Digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        serde_json::from_slice(
+            &std::fs::read(layout.path().join("blobs/sha256").join(d.hex())).unwrap(),
+        )
+        .unwrap()
+    };
+    let layer: Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let path = layout.path().join("blobs/sha256").join(layer.hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let (_d, store) = store();
+    let err = import_layout(&store, layout.path(), Some("t"), &amd64()).unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(!store.contains(&layer), "the tampered blob is not kept");
+}
+
+#[test]
+fn unsafe_and_truncated_layers_are_rejected() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (tar_of(&[("../../etc/passwd", b"x")]), "'..'"),
+        (tar_of(&[("/etc/passwd", b"x")]), "absolute"),
+        (hardlink_tar("innocent", "../../../etc/shadow"), "hardlink"),
+    ];
+    for (tar, needle) in cases {
+        let mut layout = Layout::new();
+        let desc = layout.image(&[tar], Compression::Gzip, "amd64");
+        layout.tag(desc, "bad");
+        let (_d, store) = store();
+        let err = import_layout(&store, layout.path(), Some("bad"), &amd64()).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsafeEntry { .. }) && err.to_string().contains(needle),
+            "{err}"
+        );
+    }
+    // A layer cut in half: its digest matches (the image was built that way), the tar does not.
+    let mut layout = Layout::new();
+    let mut tar = tar_of(&[("big", &[7u8; 4096][..])]);
+    tar.truncate(1024);
+    let desc = layout.image(&[tar], Compression::None, "amd64");
+    layout.tag(desc, "cut");
+    let (_d, store) = store();
+    let err = import_layout(&store, layout.path(), Some("cut"), &amd64()).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn a_wrong_diff_id_or_a_missing_layout_is_an_error() {
+    let mut layout = Layout::new();
+    let desc = layout.image(&[tar_of(&[("f", b"x")])], Compression::Zstd, "amd64");
+    layout.tag(desc.clone(), "t");
+    // Rewrite the config with a wrong diff id (and the manifest to point at it).
+    let d: Digest = desc["digest"].as_str().unwrap().parse().unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.path().join("blobs/sha256").join(d.hex())).unwrap(),
+    )
+    .unwrap();
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(b"other").to_string()]}}))
+    .unwrap();
+    manifest["config"]["digest"] = json!(layout.blob(&config).to_string());
+    manifest["config"]["size"] = json!(config.len());
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let mut layout2 = Layout {
+        dir: layout.dir,
+        manifests: vec![],
+    };
+    let desc = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": layout2.blob(&manifest).to_string(), "size": manifest.len()});
+    layout2.tag(desc, "wrong");
+    let (_d, store) = store();
+    let err = import_layout(&store, layout2.path(), Some("wrong"), &amd64()).unwrap_err();
+    assert!(err.to_string().contains("diff id"), "{err}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = import_layout(&store, empty.path(), None, &amd64()).unwrap_err();
+    assert!(err.to_string().contains("not an OCI image layout"), "{err}");
+}
