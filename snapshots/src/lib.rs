@@ -2,6 +2,7 @@
 //! (registries and archives come next), and layer handling: compression, chain
 //! ids, and validation of every tar entry before anything is unpacked.
 
+mod apply;
 mod digest;
 mod error;
 mod image;
@@ -9,6 +10,7 @@ mod layer;
 mod layout;
 mod store;
 
+pub use apply::{ApplyReport, apply};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
 pub use image::{BlobSource, ImportedImage, LayerInfo, Platform, import};
