@@ -81,6 +81,17 @@ struct Applier<'a> {
     dir_times: Vec<(PathBuf, i64)>,
 }
 
+/// The target of a symlink or hardlink entry.
+fn link_target(layer: &str, entry: &tar::Entry<'_, impl Read>, path: &Path) -> Result<PathBuf> {
+    let target = entry.link_name().map_err(|e| {
+        Error::io(
+            format!("layer {layer}: read the target of {}", path.display()),
+            e,
+        )
+    })?;
+    Ok(target.map(|t| t.into_owned()).unwrap_or_default())
+}
+
 /// A path relative to the root with `.` and `..` folded; `..` stops at the root.
 fn clean_relative(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -315,37 +326,12 @@ impl Applier<'_> {
                 self.metadata(&fd, None, &path, &header, mode, entry)?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| {
-                        Error::io(
-                            format!(
-                                "layer {}: read the target of {}",
-                                self.layer,
-                                path.display()
-                            ),
-                            e,
-                        )
-                    })?
-                    .unwrap_or_default();
-                nix::unistd::symlinkat(target.as_ref(), &dir, name.as_os_str()).map_err(at)?;
+                let target = link_target(self.layer, entry, &path)?;
+                nix::unistd::symlinkat(target.as_path(), &dir, name.as_os_str()).map_err(at)?;
                 self.metadata(&dir, Some(&name), &path, &header, mode, entry)?;
             }
             tar::EntryType::Link => {
-                let raw = entry
-                    .link_name()
-                    .map_err(|e| {
-                        Error::io(
-                            format!(
-                                "layer {}: read the target of {}",
-                                self.layer,
-                                path.display()
-                            ),
-                            e,
-                        )
-                    })?
-                    .unwrap_or_default()
-                    .into_owned();
+                let raw = link_target(self.layer, entry, &path)?;
                 let target = layer::hardlink_target(self.layer, &path, &raw)?;
                 let target_parent = open_in_root(
                     &self.root,
