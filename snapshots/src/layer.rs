@@ -89,7 +89,7 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// A relative path inside the layer, or the reason it is unsafe.
-fn relative_inside(raw: &Path) -> std::result::Result<PathBuf, &'static str> {
+pub(crate) fn relative_inside(raw: &Path) -> std::result::Result<PathBuf, &'static str> {
     if raw.is_absolute() {
         return Err("is an absolute path");
     }

@@ -1,8 +1,9 @@
 //! rcrun's image storage: a verified content store, image import from OCI layouts
-//! (registries and archives come next), and layer handling: compression, chain
+//! and oci/docker archives (registries come next), and layer handling: compression, chain
 //! ids, and validation of every tar entry before anything is unpacked.
 
 mod apply;
+mod archive;
 mod digest;
 mod error;
 mod image;
@@ -11,6 +12,7 @@ mod layout;
 mod store;
 
 pub use apply::{ApplyReport, apply};
+pub use archive::{import_docker_archive, import_oci_archive};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
 pub use image::{BlobSource, ImportedImage, LayerInfo, Platform, import};

@@ -158,6 +158,39 @@ impl ContentStore {
 }
 
 impl ContentStore {
+    /// Stores a stream whose digest is not known in advance (docker-archive layers),
+    /// named by what it hashes to.
+    pub fn ingest_unverified(&self, mut reader: impl Read) -> Result<(Digest, u64)> {
+        let tmp = self.ingest.join(format!(
+            "unnamed-{}-{}",
+            std::process::id(),
+            INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+            let mut out = BufWriter::with_capacity(256 << 10, file);
+            let mut digesting = DigestingReader::new(&mut reader);
+            std::io::copy(&mut digesting, &mut out).map_err(|e| Error::io("read blob", e))?;
+            let (digest, size) = digesting.finish();
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io(format!("write {}", tmp.display()), e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
+            std::fs::rename(&tmp, self.path(&digest))
+                .map_err(|e| Error::io(format!("commit blob {digest}"), e))?;
+            Ok((digest, size))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Stores bytes held in memory (metadata rcrun writes itself, tests).
     pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);

@@ -332,3 +332,127 @@ fn a_wrong_diff_id_or_a_missing_layout_is_an_error() {
     let err = import_layout(&store, empty.path(), None, &amd64()).unwrap_err();
     assert!(err.to_string().contains("not an OCI image layout"), "{err}");
 }
+
+// ---- single-file archives ----
+
+fn tar_dir(dir: &Path) -> tempfile::NamedTempFile {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut b = tar::Builder::new(out.reopen().unwrap());
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
+    out
+}
+
+#[test]
+fn oci_archive_imports_like_its_layout() {
+    let mut layout = Layout::new();
+    let desc = layout.image(&[tar_of(&[("f", b"archived")])], Compression::Zstd, "amd64");
+    layout.tag(desc, "v2");
+    let archive = tar_dir(layout.path());
+    let (_d, store) = store();
+    let from_archive =
+        snapshots::import_oci_archive(&store, archive.path(), Some("v2"), &amd64()).unwrap();
+    let from_layout = import_layout(&store, layout.path(), Some("v2"), &amd64()).unwrap();
+    assert_eq!(from_archive, from_layout);
+    let err =
+        snapshots::import_oci_archive(&store, archive.path(), Some("nope"), &amd64()).unwrap_err();
+    assert!(err.to_string().contains("tags: v2"), "{err}");
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        junk.path(),
+        b"this is not a tar archive at all, just some bytes",
+    )
+    .unwrap();
+    assert!(snapshots::import_oci_archive(&store, junk.path(), None, &amd64()).is_err());
+}
+
+fn docker_archive(files: &[(&str, Vec<u8>)], links: &[(&str, &str)]) -> tempfile::NamedTempFile {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut b = tar::Builder::new(out.reopen().unwrap());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    b.finish().unwrap();
+    out
+}
+
+#[test]
+fn docker_archive_with_a_symlinked_duplicate_layer() {
+    let layer = tar_of(&[("same", b"twice")]);
+    let diff = Digest::of(&layer).to_string();
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff, diff]}}))
+    .unwrap();
+    let manifest = serde_json::to_vec(
+        &json!([{"Config": "cfg.json", "RepoTags": ["busybox:latest", "busybox:1.35"],
+        "Layers": ["l1/layer.tar", "l2/layer.tar"]}]),
+    )
+    .unwrap();
+    let archive = docker_archive(
+        &[
+            ("manifest.json", manifest),
+            ("cfg.json", config.clone()),
+            ("l1/layer.tar", layer.clone()),
+        ],
+        &[("l2/layer.tar", "../l1/layer.tar")],
+    );
+    let (_d, store) = store();
+    let img = snapshots::import_docker_archive(&store, archive.path(), Some("busybox"), &amd64())
+        .unwrap();
+    assert_eq!(img.layers.len(), 2);
+    assert_eq!(img.layers[0].digest, img.layers[1].digest);
+    assert_eq!(img.config, Digest::of(&config));
+    let again =
+        snapshots::import_docker_archive(&store, archive.path(), Some("busybox:1.35"), &amd64())
+            .unwrap();
+    assert_eq!(
+        again.manifest, img.manifest,
+        "the implied manifest is deterministic"
+    );
+    let err = snapshots::import_docker_archive(&store, archive.path(), Some("redis:7"), &amd64())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("busybox:latest, busybox:1.35"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_archive_errors_name_the_problem() {
+    let layer = tar_of(&[("f", b"x")]);
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(b"something else").to_string()]}}))
+    .unwrap();
+    let manifest =
+        serde_json::to_vec(&json!([{"Config": "c.json", "Layers": ["l/layer.tar"]}])).unwrap();
+    let (_d, store) = store();
+    let wrong = docker_archive(
+        &[
+            ("manifest.json", manifest.clone()),
+            ("c.json", config.clone()),
+            ("l/layer.tar", layer),
+        ],
+        &[],
+    );
+    let err = snapshots::import_docker_archive(&store, wrong.path(), None, &amd64()).unwrap_err();
+    assert!(err.to_string().contains("diff id"), "{err}");
+    let missing = docker_archive(&[("manifest.json", manifest), ("c.json", config)], &[]);
+    let err = snapshots::import_docker_archive(&store, missing.path(), None, &amd64()).unwrap_err();
+    assert!(err.to_string().contains("l/layer.tar"), "{err}");
+    let escaping = docker_archive(
+        &[("manifest.json", b"[]".to_vec())],
+        &[("x/layer.tar", "../../../etc/passwd")],
+    );
+    let err =
+        snapshots::import_docker_archive(&store, escaping.path(), None, &amd64()).unwrap_err();
+    assert!(matches!(err, Error::UnsafeEntry { .. }), "{err}");
+}
