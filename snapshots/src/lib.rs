@@ -9,6 +9,7 @@ mod error;
 mod image;
 mod layer;
 mod layout;
+mod snapshot;
 mod store;
 
 pub use apply::{ApplyReport, apply};
@@ -18,4 +19,5 @@ pub use error::{Error, Result};
 pub use image::{BlobSource, ImportedImage, LayerInfo, Platform, import};
 pub use layer::{Compression, EntryKind, LayerSummary, chain_ids, classify, hardlink_target, scan};
 pub use layout::{OciLayout, import_layout};
+pub use snapshot::{Prepared, Snapshotter};
 pub use store::{ContentStore, MAX_METADATA_BYTES};
