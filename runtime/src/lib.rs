@@ -25,6 +25,7 @@ mod spec;
 mod state;
 mod sys;
 mod tty;
+mod userns;
 
 pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime};
 pub use error::{Error, FailureKind, Result};
@@ -32,3 +33,4 @@ pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
 pub use signal::parse_signal;
 pub use spec::default_spec;
 pub use state::{State, Status};
+pub use userns::run_in_user_namespace;

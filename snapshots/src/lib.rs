@@ -11,6 +11,8 @@ mod layer;
 mod layout;
 mod snapshot;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use apply::{ApplyReport, apply};
 pub use archive::{import_docker_archive, import_oci_archive};

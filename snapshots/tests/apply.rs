@@ -3,68 +3,11 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use snapshots::testing::Layer;
 use snapshots::{Error, apply};
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
-}
-
-/// A tar under construction, written through the tar crate like real tools.
-struct Layer(tar::Builder<Vec<u8>>);
-
-impl Layer {
-    fn new() -> Self {
-        Layer(tar::Builder::new(Vec::new()))
-    }
-
-    fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(1234);
-        h.set_gid(4321);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        h
-    }
-
-    fn dir(mut self, path: &str) -> Self {
-        let mut h = Self::header(tar::EntryType::Directory, 0o755);
-        self.0.append_data(&mut h, path, &[][..]).unwrap();
-        self
-    }
-
-    fn file(mut self, path: &str, data: &[u8], mode: u32) -> Self {
-        let mut h = Self::header(tar::EntryType::Regular, mode);
-        h.set_size(data.len() as u64);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
-    }
-
-    fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Self {
-        let mut h = Self::header(kind, 0o777);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    fn special(mut self, kind: tar::EntryType, path: &str) -> Self {
-        let mut h = Self::header(kind, 0o666);
-        h.set_device_major(1).unwrap();
-        h.set_device_minor(3).unwrap();
-        self.0.append_data(&mut h, path, &[][..]).unwrap();
-        self
-    }
-
-    fn xattr_file(mut self, path: &str, attr: &str, value: &[u8]) -> Self {
-        self.0
-            .append_pax_extensions([(format!("SCHILY.xattr.{attr}").as_str(), value)])
-            .unwrap();
-        self.file(path, b"with xattr", 0o644)
-    }
-
-    fn bytes(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
 }
 
 #[test]
