@@ -2,65 +2,124 @@
 //! image layers so their owners survive, mounting overlays to apply them. Runs in
 //! a child in a new user namespace (root = the user, 1.. = the subordinate range)
 //! and a private mount namespace, so nothing it mounts is seen outside.
+//!
+//! Unlike a container start this may be called from a multi-threaded process (a
+//! parallel pull, a test harness): it forks through libc, whose fork handlers keep
+//! the allocator usable in the child, then unshares.
 
 use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
 
-use crate::channel::ToParent;
-use crate::config::{IdMaps, NamespacePlan};
+use crate::channel::{self, Channel, ToChild, ToParent};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
-use crate::{idmap, spawn};
+use crate::{idmap, process};
+
+fn child(
+    channel: &Channel,
+    in_userns: bool,
+    work: impl FnOnce() -> std::result::Result<(), String>,
+) -> SetupFailure {
+    let fail = |step: &str, detail: String| SetupFailure {
+        step: step.into(),
+        detail,
+        kind: FailureKind::Setup,
+    };
+    let flags = if in_userns {
+        CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+    } else {
+        CloneFlags::CLONE_NEWNS
+    };
+    if let Err(e) = unshare(flags) {
+        return fail("create the user and mount namespaces", e.desc().into());
+    }
+    if in_userns {
+        if let Err(e) = channel.send(&ToParent::MapsNeeded, None) {
+            return fail("ask for the id maps", e.desc().into());
+        }
+        match channel.recv::<ToChild>() {
+            Ok(Some((ToChild::MapsWritten, _))) => {}
+            _ => return fail("wait for the id maps", "rcrun went away".into()),
+        }
+        if let Err(f) = process::become_root() {
+            return f;
+        }
+    }
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        return fail("make mounts private", e.desc().into());
+    }
+    match work() {
+        // SAFETY: _exit skips atexit handlers and buffers that belong to the parent.
+        Ok(()) => unsafe { libc::_exit(0) },
+        Err(detail) => fail("", detail),
+    }
+}
 
 /// Runs `work` in a child process inside a new user and mount namespace (as root:
-/// only a new mount namespace, ids are real already). `work`'s error text becomes
-/// the error. The caller must be single-threaded.
+/// only a new mount namespace, the ids are real already). `work`'s error text
+/// becomes the error, under `what`.
 pub fn run_in_user_namespace(
     what: &str,
     work: impl FnOnce() -> std::result::Result<(), String>,
 ) -> Result<()> {
-    let root = nix::unistd::Uid::effective().is_root();
+    let in_userns = !nix::unistd::Uid::effective().is_root();
     let (uid, gid, _) = idmap::current_user_mappings();
-    let user = if root { 0 } else { libc::CLONE_NEWUSER as u64 };
-    let ns = NamespacePlan {
-        create: libc::CLONE_NEWNS as u64 | user,
-        ..Default::default()
+    let writer = idmap::choose_writer(&uid, &gid);
+    let (parent, child_end) =
+        channel::pair().map_err(|e| Error::sys("create the sync socket", e))?;
+    // SAFETY: the child only runs `child`, which ends in _exit.
+    let pid = match unsafe { libc::fork() } {
+        -1 => return Err(Error::sys(format!("fork for {what}"), nix::Error::last())),
+        0 => {
+            drop(parent);
+            let f = child(&child_end, in_userns, work);
+            let _ = child_end.send(&ToParent::Failed(f), None);
+            // SAFETY: see above.
+            unsafe { libc::_exit(125) }
+        }
+        pid => Pid::from_raw(pid),
     };
-    let maps = (!root).then(|| IdMaps {
-        writer: idmap::choose_writer(&uid, &gid),
-        uid,
-        gid,
-    });
-    let spawned = spawn::spawn(&ns, maps.as_ref(), None, |_| {
-        if let Err(e) = mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ) {
-            return SetupFailure {
-                step: "make mounts private".into(),
-                detail: e.desc().into(),
-                kind: FailureKind::Setup,
-            };
+    drop(child_end);
+    let outcome = loop {
+        match parent.recv::<ToParent>() {
+            Ok(Some((ToParent::MapsNeeded, _))) => {
+                let written = idmap::write_maps(pid, writer, &uid, &gid).and_then(|()| {
+                    parent
+                        .send(&ToChild::MapsWritten, None)
+                        .map_err(|e| Error::sys("tell the helper its maps are written", e))
+                });
+                if let Err(e) = written {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    break Err(e);
+                }
+            }
+            Ok(Some((ToParent::Failed(f), _))) => {
+                break Err(Error::Setup {
+                    step: what.to_string(),
+                    detail: if f.step.is_empty() {
+                        f.detail
+                    } else {
+                        format!("{}: {}", f.step, f.detail)
+                    },
+                    kind: FailureKind::Setup,
+                });
+            }
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(Error::sys(format!("read from the helper for {what}"), e)),
         }
-        match work() {
-            // SAFETY: _exit skips atexit handlers and buffers that belong to the parent.
-            Ok(()) => unsafe { libc::_exit(0) },
-            Err(detail) => SetupFailure {
-                step: what.to_string(),
-                detail,
-                kind: FailureKind::Setup,
-            },
-        }
-    })?;
-    let reported = spawned.channel.recv::<ToParent>();
-    let status =
-        waitpid(spawned.pid, None).map_err(|e| Error::sys(format!("wait for {what}"), e))?;
-    match (reported, status) {
-        (Ok(Some((ToParent::Failed(f), _))), _) => Err(f.into()),
-        (_, WaitStatus::Exited(_, 0)) => Ok(()),
-        (_, status) => Err(Error::Setup {
+    };
+    let status = waitpid(pid, None).map_err(|e| Error::sys(format!("wait for {what}"), e))?;
+    match (outcome, status) {
+        (Err(e), _) => Err(e),
+        (Ok(()), WaitStatus::Exited(_, 0)) => Ok(()),
+        (Ok(()), status) => Err(Error::Setup {
             step: what.to_string(),
             detail: format!("the helper process ended unexpectedly ({status:?})"),
             kind: FailureKind::Setup,

@@ -40,6 +40,10 @@ impl Snapshotter {
         })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn dir(&self, chain: &Digest) -> PathBuf {
         self.root.join(chain.hex())
     }

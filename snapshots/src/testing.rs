@@ -186,6 +186,10 @@ impl Layer {
         self
     }
 
+    pub fn symlink(self, path: &str, target: &str) -> Self {
+        self.link(tar::EntryType::Symlink, path, target)
+    }
+
     pub fn special(mut self, kind: tar::EntryType, path: &str) -> Self {
         let mut h = self.header(kind, 0o666);
         h.set_device_major(1).unwrap();
