@@ -38,7 +38,12 @@ pub fn default_data_dir() -> PathBuf {
 /// Mounts the overlay a layer is applied onto. Paths are given relative to the
 /// snapshots directory (the process's cwd) to keep the mount options short: the
 /// kernel takes one page of them, which absolute paths fill at ~35 layers.
-fn mount_overlay(prepared: &Prepared, root: &Path, target: &Path) -> Result<(), String> {
+fn mount_overlay(
+    prepared: &Prepared,
+    root: &Path,
+    target: &Path,
+    userxattr: bool,
+) -> Result<(), String> {
     let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
     let lowers: Vec<String> = prepared.lowers.iter().map(|p| rel(p)).collect();
     let mut options = format!(
@@ -47,7 +52,7 @@ fn mount_overlay(prepared: &Prepared, root: &Path, target: &Path) -> Result<(), 
         rel(&prepared.upper),
         rel(&prepared.work)
     );
-    if !nix::unistd::Uid::effective().is_root() {
+    if userxattr {
         options.push_str(",userxattr");
     }
     nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
@@ -115,13 +120,16 @@ impl Images {
         let warnings_file = prepared.dir.join("warnings");
         let root = self.snapshots.root().to_path_buf();
         let name = layer.digest.to_string();
+        // Decided out here: inside the user namespace everyone is root. Without it an
+        // unprivileged overlay cannot store its xattrs, and removing a lower directory fails.
+        let userxattr = !nix::unistd::Uid::effective().is_root();
         runtime::run_in_user_namespace(&format!("unpack layer {name}"), || {
             let target = if prepared.lowers.is_empty() {
                 prepared.upper.clone()
             } else {
                 std::fs::create_dir(&merged)
                     .map_err(|e| format!("create {}: {e}", merged.display()))?;
-                mount_overlay(prepared, &root, &merged)?;
+                mount_overlay(prepared, &root, &merged, userxattr)?;
                 merged.clone()
             };
             let file =

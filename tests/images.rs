@@ -81,6 +81,12 @@ fn layers_unpack_into_shared_snapshots_with_owners_and_whiteouts() {
         .dir("var/cache")
         .file("var/cache/a", b"a", 0o644)
         .file("var/cache/b", b"b", 0o644)
+        .dir("var/old")
+        .file(
+            "var/old/child",
+            b"a lower directory the top layer deletes",
+            0o644,
+        )
         .dir("usr/lib")
         .symlink("lib", "usr/lib")
         .owner(1000, 1000)
@@ -90,6 +96,7 @@ fn layers_unpack_into_shared_snapshots_with_owners_and_whiteouts() {
     let top = Layer::new()
         .owner(0, 0)
         .file("etc/.wh.gone", b"", 0o644)
+        .file("var/.wh.old", b"", 0o644)
         .file("var/cache/.wh..wh..opq", b"", 0o644)
         .file("var/cache/c", b"c", 0o644)
         .file("lib/libnew.so", b"through the image's symlink", 0o755)
