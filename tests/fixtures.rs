@@ -1,0 +1,100 @@
+//! Real images built from Debian packages by scripts/fixtures (umoci, not this
+//! project's code), imported and unpacked by rcrun. `scripts/setup` builds them.
+
+use std::path::{Path, PathBuf};
+
+use rcrun::images::Images;
+use snapshots::{Platform, import_layout};
+
+fn repo() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+}
+
+/// The layout of a fixture image; fails (not skips) when it was not built.
+fn fixture(name: &str) -> PathBuf {
+    let out = std::process::Command::new(repo().join("scripts/fixtures"))
+        .args(["path", name])
+        .output()
+        .expect("run scripts/fixtures");
+    assert!(
+        out.status.success(),
+        "fixture {name} is not built: run `sudo scripts/fixtures build {name}` ({})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// fixtures/tree-list.py over the merged snapshots of `lowers`, inside the user namespace.
+fn tree_list(lowers: &[PathBuf], scratch: &Path, paths: &[&str]) -> String {
+    let mnt = scratch.join("mnt");
+    let out = scratch.join("tree");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let userxattr = if nix::unistd::Uid::effective().is_root() {
+        ""
+    } else {
+        ",userxattr"
+    };
+    let options = format!("lowerdir={lowerdir}{userxattr}");
+    let script = repo().join("fixtures/tree-list.py");
+    runtime::run_in_user_namespace("list the merged tree", || {
+        nix::mount::mount(
+            Some("overlay"),
+            &mnt,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(options.as_str()),
+        )
+        .map_err(|e| format!("mount overlay: {e}"))?;
+        let listed = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&mnt)
+            .args(paths)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !listed.status.success() {
+            return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
+        }
+        std::fs::write(&out, &listed.stdout).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    std::fs::read_to_string(&out).unwrap()
+}
+
+#[test]
+fn layers_fixture_unpacks_to_the_expected_tree_in_every_compression() {
+    let layout = fixture("layers");
+    let expected = std::fs::read_to_string(repo().join("fixtures/layers-expected.txt")).unwrap();
+    for tag in ["gzip", "zstd", "plain"] {
+        let data = tempfile::tempdir().unwrap();
+        let images = Images::open(data.path()).unwrap();
+        let image = import_layout(images.content(), &layout, Some(tag), &Platform::host()).unwrap();
+        let report = images.unpack(&image).unwrap();
+        assert_eq!(report.unpacked, image.layers.len(), "{tag}: {report:?}");
+        assert!(report.warnings.is_empty(), "{tag}: {:?}", report.warnings);
+        let lowers = images.snapshots().lowerdirs(&image.chain_ids()).unwrap();
+        let tree = tree_list(&lowers, data.path(), &["data", "opaque", "etc/motd"]);
+        assert_eq!(tree, expected, "merged tree of layers:{tag}");
+    }
+}
+
+#[test]
+fn busybox_fixture_imports_and_unpacks() {
+    let layout = fixture("busybox");
+    let data = tempfile::tempdir().unwrap();
+    let images = Images::open(data.path()).unwrap();
+    let image = import_layout(images.content(), &layout, None, &Platform::host()).unwrap();
+    assert_eq!(images.unpack(&image).unwrap().unpacked, 1);
+    let fs = images.snapshots().fs(&image.chain_ids()[0]);
+    assert!(fs.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_link(fs.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+}
