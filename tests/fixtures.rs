@@ -1,6 +1,8 @@
 //! Real images built from Debian packages by scripts/fixtures (umoci, not this
 //! project's code), imported and unpacked by rcrun. `scripts/setup` builds them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use rcrun::images::Images;
@@ -26,45 +28,21 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// fixtures/tree-list.py over the merged snapshots of `lowers`, inside the user namespace.
+/// fixtures/tree-list.py over the merged snapshots of `lowers`.
 fn tree_list(lowers: &[PathBuf], scratch: &Path, paths: &[&str]) -> String {
-    let mnt = scratch.join("mnt");
-    let out = scratch.join("tree");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let lowerdir = lowers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let userxattr = if nix::unistd::Uid::effective().is_root() {
-        ""
-    } else {
-        ",userxattr"
-    };
-    let options = format!("lowerdir={lowerdir}{userxattr}");
     let script = repo().join("fixtures/tree-list.py");
-    runtime::run_in_user_namespace("list the merged tree", || {
-        nix::mount::mount(
-            Some("overlay"),
-            &mnt,
-            Some("overlay"),
-            nix::mount::MsFlags::MS_RDONLY,
-            Some(options.as_str()),
-        )
-        .map_err(|e| format!("mount overlay: {e}"))?;
+    common::inspect_merged(lowers, scratch, |mnt| {
         let listed = std::process::Command::new("python3")
             .arg(&script)
-            .arg(&mnt)
+            .arg(mnt)
             .args(paths)
             .output()
             .map_err(|e| e.to_string())?;
         if !listed.status.success() {
             return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
         }
-        std::fs::write(&out, &listed.stdout).map_err(|e| e.to_string())
+        String::from_utf8(listed.stdout).map_err(|e| e.to_string())
     })
-    .unwrap();
-    std::fs::read_to_string(&out).unwrap()
 }
 
 #[test]

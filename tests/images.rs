@@ -3,6 +3,8 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+mod common;
+
 use rcrun::images::Images;
 use snapshots::testing::{Layer, Layout};
 use snapshots::{Compression, Platform, import_layout};
@@ -11,37 +13,11 @@ fn amd64() -> Platform {
     Platform::parse("linux/amd64").unwrap()
 }
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-/// The merged tree of `lowers` (top first) as seen inside the user namespace:
-/// one line per path, "path type uid:gid".
+/// The merged tree as seen inside the user namespace: "path type uid:gid" lines.
 fn merged_listing(lowers: &[std::path::PathBuf], scratch: &Path) -> String {
-    let mnt = scratch.join("mnt");
-    let out = scratch.join("listing");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let lowerdir = lowers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let options = if is_root() {
-        format!("lowerdir={lowerdir}")
-    } else {
-        format!("lowerdir={lowerdir},userxattr")
-    };
-    runtime::run_in_user_namespace("list the merged tree", || {
-        nix::mount::mount(
-            Some("overlay"),
-            &mnt,
-            Some("overlay"),
-            nix::mount::MsFlags::MS_RDONLY,
-            Some(options.as_str()),
-        )
-        .map_err(|e| format!("mount: {e}"))?;
+    common::inspect_merged(lowers, scratch, |mnt| {
         let mut lines = Vec::new();
-        let mut stack = vec![mnt.clone()];
+        let mut stack = vec![mnt.to_path_buf()];
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(&dir).map_err(|e| e.to_string())? {
                 let e = e.map_err(|e| e.to_string())?;
@@ -55,7 +31,7 @@ fn merged_listing(lowers: &[std::path::PathBuf], scratch: &Path) -> String {
                 };
                 lines.push(format!(
                     "{} {kind} {}:{}",
-                    e.path().strip_prefix(&mnt).unwrap().display(),
+                    e.path().strip_prefix(mnt).unwrap().display(),
                     md.uid(),
                     md.gid()
                 ));
@@ -65,10 +41,8 @@ fn merged_listing(lowers: &[std::path::PathBuf], scratch: &Path) -> String {
             }
         }
         lines.sort();
-        std::fs::write(&out, lines.join("\n")).map_err(|e| e.to_string())
+        Ok(lines.join("\n"))
     })
-    .unwrap();
-    std::fs::read_to_string(&out).unwrap()
 }
 
 #[test]
@@ -160,7 +134,7 @@ var/cache/c file 0:0";
     let data_owner = std::fs::metadata(images.snapshots().fs(&chains[0]).join("home/app/data"))
         .unwrap()
         .uid();
-    if is_root() {
+    if common::is_root() {
         assert_eq!(data_owner, 1000);
     } else {
         let (uids, _, ranges) = runtime::current_user_mappings();

@@ -17,8 +17,6 @@ use crate::image::{self, BlobSource, ImportedImage, Platform};
 use crate::layer::{self, Compression};
 use crate::store::{ContentStore, MAX_METADATA_BYTES};
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
 fn archive_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Layout {
         path: path.to_path_buf(),
@@ -155,7 +153,8 @@ pub fn import_oci_archive(
     };
     let index: ImageIndex = serde_json::from_slice(&index_bytes)
         .map_err(|e| archive_error(path, format!("malformed index.json: {e}")))?;
-    let root = pick_tag(path, &index, tag)?;
+    let root =
+        crate::layout::pick_tagged(&index, tag).map_err(|reason| archive_error(path, reason))?;
     walk(
         path,
         |name, r| {
@@ -173,40 +172,6 @@ pub fn import_oci_archive(
         name: format!("oci-archive:{}", path.display()),
     };
     image::import(store, &source, &root, platform)
-}
-
-fn pick_tag(path: &Path, index: &ImageIndex, tag: Option<&str>) -> Result<Descriptor> {
-    let manifests = index.manifests();
-    let named = |m: &&Descriptor| {
-        m.annotations()
-            .as_ref()
-            .and_then(|a| a.get(REF_NAME))
-            .map(String::as_str)
-            == tag
-    };
-    let found = match tag {
-        Some(_) => manifests.iter().find(named),
-        None if manifests.len() == 1 => manifests.first(),
-        None => None,
-    };
-    found.cloned().ok_or_else(|| {
-        let tags: Vec<_> = manifests
-            .iter()
-            .filter_map(|m| m.annotations().as_ref()?.get(REF_NAME).cloned())
-            .collect();
-        archive_error(
-            path,
-            format!(
-                "has no image {} (tags: {})",
-                tag.map_or("without a tag".to_string(), |t| format!("tagged {t:?}")),
-                if tags.is_empty() {
-                    "none".into()
-                } else {
-                    tags.join(", ")
-                }
-            ),
-        )
-    })
 }
 
 #[derive(Deserialize)]

@@ -56,48 +56,48 @@ impl OciLayout {
         })
     }
 
-    fn tags(&self) -> Vec<String> {
-        self.index
-            .manifests()
-            .iter()
-            .filter_map(|m| m.annotations().as_ref()?.get(REF_NAME).cloned())
-            .collect()
-    }
-
     /// The descriptor for `tag`, or the only image when no tag is given.
     pub fn resolve(&self, tag: Option<&str>) -> Result<Descriptor> {
-        let manifests = self.index.manifests();
-        let found = match tag {
-            Some(tag) => manifests.iter().find(|m| {
-                m.annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(REF_NAME))
-                    .map(String::as_str)
-                    == Some(tag)
-            }),
-            None if manifests.len() == 1 => manifests.first(),
-            None => None,
-        };
-        found.cloned().ok_or_else(|| {
-            let tags = self.tags();
-            let listed = if tags.is_empty() {
-                "none".to_string()
-            } else {
-                tags.join(", ")
-            };
-            layout_error(
-                &self.dir,
-                match tag {
-                    Some(t) => format!("has no image tagged {t:?} (tags: {listed})"),
-                    None if manifests.is_empty() => "holds no image".to_string(),
-                    None => format!(
-                        "holds {} images; name one as oci:DIR:TAG (tags: {listed})",
-                        manifests.len()
-                    ),
-                },
-            )
-        })
+        pick_tagged(&self.index, tag).map_err(|reason| layout_error(&self.dir, reason))
     }
+}
+
+/// The manifest of an index (a layout's or an oci-archive's) tagged `tag` through the
+/// `org.opencontainers.image.ref.name` annotation, or the only one without a tag.
+pub(crate) fn pick_tagged(
+    index: &ImageIndex,
+    tag: Option<&str>,
+) -> std::result::Result<Descriptor, String> {
+    let manifests = index.manifests();
+    let name_of = |m: &Descriptor| {
+        m.annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .cloned()
+    };
+    let found = match tag {
+        Some(tag) => manifests
+            .iter()
+            .find(|m| name_of(m).as_deref() == Some(tag)),
+        None if manifests.len() == 1 => manifests.first(),
+        None => None,
+    };
+    found.cloned().ok_or_else(|| {
+        let tags: Vec<String> = manifests.iter().filter_map(name_of).collect();
+        let listed = if tags.is_empty() {
+            "none".to_string()
+        } else {
+            tags.join(", ")
+        };
+        match tag {
+            Some(t) => format!("has no image tagged {t:?} (tags: {listed})"),
+            None if manifests.is_empty() => "holds no image".to_string(),
+            None => format!(
+                "holds {} images; name one with :TAG (tags: {listed})",
+                manifests.len()
+            ),
+        }
+    })
 }
 
 impl BlobSource for OciLayout {

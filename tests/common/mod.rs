@@ -241,3 +241,36 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Mounts a read-only overlay of `lowers` (top first) inside the user namespace, as
+/// a container would see the image, and returns what `look` makes of its mountpoint.
+pub fn inspect_merged(
+    lowers: &[PathBuf],
+    scratch: &Path,
+    look: impl FnOnce(&Path) -> Result<String, String>,
+) -> String {
+    let mnt = scratch.join("merged-view");
+    let out = scratch.join("merged-view.txt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    // Decided out here: inside the namespace everyone is root.
+    let userxattr = if is_root() { "" } else { ",userxattr" };
+    let options = format!("lowerdir={lowerdir}{userxattr}");
+    runtime::run_in_user_namespace("inspect the merged image", || {
+        nix::mount::mount(
+            Some("overlay"),
+            &mnt,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(options.as_str()),
+        )
+        .map_err(|e| format!("mount overlay ({options}): {e}"))?;
+        std::fs::write(&out, look(&mnt)?).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    std::fs::read_to_string(&out).unwrap()
+}
