@@ -70,8 +70,6 @@ pub fn run_in_user_namespace(
     work: impl FnOnce() -> std::result::Result<(), String>,
 ) -> Result<()> {
     let in_userns = !nix::unistd::Uid::effective().is_root();
-    let (uid, gid, _) = idmap::current_user_mappings();
-    let writer = idmap::choose_writer(&uid, &gid);
     let (parent, child_end) =
         channel::pair().map_err(|e| Error::sys("create the sync socket", e))?;
     // SAFETY: the child only runs `child`, which ends in _exit.
@@ -90,6 +88,9 @@ pub fn run_in_user_namespace(
     let outcome = loop {
         match parent.recv::<ToParent>() {
             Ok(Some((ToParent::MapsNeeded, _))) => {
+                // Only asked for in a user namespace: root's ids need no maps.
+                let (uid, gid, _) = idmap::current_user_mappings();
+                let writer = idmap::choose_writer(&uid, &gid);
                 let written = idmap::write_maps(pid, writer, &uid, &gid).and_then(|()| {
                     parent
                         .send(&ToChild::MapsWritten, None)

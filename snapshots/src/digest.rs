@@ -95,6 +95,16 @@ impl TryFrom<&oci_spec::image::Digest> for Digest {
     }
 }
 
+/// The digests that name entries of `dir` (blobs, snapshots); other names are skipped.
+pub(crate) fn named_in(dir: &std::path::Path) -> Result<Vec<Digest>, Error> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| format!("sha256:{}", e.file_name().to_str()?).parse().ok())
+        .collect())
+}
+
 /// Hashes and counts what is read through it.
 pub struct DigestingReader<R> {
     inner: R,

@@ -127,12 +127,7 @@ impl Snapshotter {
 
     /// Committed chain ids.
     pub fn list(&self) -> Result<Vec<Digest>> {
-        let entries = std::fs::read_dir(&self.root)
-            .map_err(|e| Error::io(format!("read {}", self.root.display()), e))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| format!("sha256:{}", e.file_name().to_str()?).parse().ok())
-            .collect())
+        crate::digest::named_in(&self.root)
     }
 
     pub fn remove(&self, chain: &Digest) -> Result<()> {

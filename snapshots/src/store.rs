@@ -49,30 +49,52 @@ impl ContentStore {
         size: Option<u64>,
     ) -> Result<PathBuf> {
         let target = self.path(expected);
-        if target.is_file() {
-            return Ok(target);
+        if !target.is_file() {
+            self.write_blob(reader, Some((expected, size)))?;
         }
+        Ok(target)
+    }
+
+    /// Stores a stream whose digest is not known in advance (docker-archive layers),
+    /// named by what it hashes to.
+    pub fn ingest_unverified(&self, reader: impl Read) -> Result<(Digest, u64)> {
+        self.write_blob(reader, None)
+    }
+
+    /// Stores bytes held in memory (metadata rcrun writes itself, tests).
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        self.ingest(bytes, &digest, Some(bytes.len() as u64))?;
+        Ok(digest)
+    }
+
+    /// Writes a blob to a temporary file while hashing it, checks it against
+    /// `expected` (digest, and size when known), and renames it into place under the
+    /// digest it has. The temporary file is removed on any failure.
+    fn write_blob(
+        &self,
+        reader: impl Read,
+        expected: Option<(&Digest, Option<u64>)>,
+    ) -> Result<(Digest, u64)> {
         let tmp = self.ingest.join(format!(
             "{}-{}-{}",
-            expected.hex(),
+            expected.map_or("unnamed", |(d, _)| d.hex()),
             std::process::id(),
             INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = self.write_verified(reader, expected, size, &tmp, &target);
+        let result = self.write_to(reader, expected, &tmp);
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map(|()| target)
+        result
     }
 
-    fn write_verified(
+    fn write_to(
         &self,
         reader: impl Read,
-        expected: &Digest,
-        size: Option<u64>,
+        expected: Option<(&Digest, Option<u64>)>,
         tmp: &Path,
-        target: &Path,
-    ) -> Result<()> {
+    ) -> Result<(Digest, u64)> {
         let file = File::options()
             .write(true)
             .create_new(true)
@@ -80,38 +102,44 @@ impl ContentStore {
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         let mut out = BufWriter::with_capacity(256 << 10, file);
         // Read at most one byte past the announced size: a lying server cannot fill the disk.
-        let limit = size.map_or(u64::MAX, |s| s + 1);
+        let limit = expected
+            .and_then(|(_, size)| size)
+            .map_or(u64::MAX, |s| s + 1);
         let mut digesting = DigestingReader::new(reader.take(limit));
-        std::io::copy(&mut digesting, &mut out)
-            .map_err(|e| Error::io(format!("read blob {expected}"), e))?;
+        std::io::copy(&mut digesting, &mut out).map_err(|e| {
+            let name = expected.map_or("blob".to_string(), |(d, _)| format!("blob {d}"));
+            Error::io(format!("read {name}"), e)
+        })?;
         let (actual, count) = digesting.finish();
-        if let Some(size) = size
-            && count != size
-        {
-            return Err(Error::SizeMismatch {
-                digest: expected.clone(),
-                expected: size,
-                actual: count,
-            });
-        }
-        if &actual != expected {
-            return Err(Error::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-                size: count,
-            });
+        if let Some((expected, size)) = expected {
+            if let Some(size) = size
+                && count != size
+            {
+                return Err(Error::SizeMismatch {
+                    digest: expected.clone(),
+                    expected: size,
+                    actual: count,
+                });
+            }
+            if &actual != expected {
+                return Err(Error::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                    size: count,
+                });
+            }
         }
         let file = out
             .into_inner()
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e.into_error()))?;
         file.sync_all()
             .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
-        std::fs::rename(tmp, target)
-            .map_err(|e| Error::io(format!("commit blob {expected}"), e))?;
+        std::fs::rename(tmp, self.path(&actual))
+            .map_err(|e| Error::io(format!("commit blob {actual}"), e))?;
         if let Ok(dir) = File::open(&self.blobs) {
             let _ = dir.sync_all();
         }
-        Ok(())
+        Ok((actual, count))
     }
 
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
@@ -139,12 +167,7 @@ impl ContentStore {
 
     /// Every blob in the store (for garbage collection).
     pub fn list(&self) -> Result<Vec<Digest>> {
-        let entries = std::fs::read_dir(&self.blobs)
-            .map_err(|e| Error::io(format!("read {}", self.blobs.display()), e))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| format!("sha256:{}", e.file_name().to_str()?).parse().ok())
-            .collect())
+        crate::digest::named_in(&self.blobs)
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<()> {
@@ -154,48 +177,6 @@ impl ContentStore {
             }
             _ => Ok(()),
         }
-    }
-}
-
-impl ContentStore {
-    /// Stores a stream whose digest is not known in advance (docker-archive layers),
-    /// named by what it hashes to.
-    pub fn ingest_unverified(&self, mut reader: impl Read) -> Result<(Digest, u64)> {
-        let tmp = self.ingest.join(format!(
-            "unnamed-{}-{}",
-            std::process::id(),
-            INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let file = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-            let mut out = BufWriter::with_capacity(256 << 10, file);
-            let mut digesting = DigestingReader::new(&mut reader);
-            std::io::copy(&mut digesting, &mut out).map_err(|e| Error::io("read blob", e))?;
-            let (digest, size) = digesting.finish();
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io(format!("write {}", tmp.display()), e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
-            std::fs::rename(&tmp, self.path(&digest))
-                .map_err(|e| Error::io(format!("commit blob {digest}"), e))?;
-            Ok((digest, size))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    /// Stores bytes held in memory (metadata rcrun writes itself, tests).
-    pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
-        let digest = Digest::of(bytes);
-        self.ingest(bytes, &digest, Some(bytes.len() as u64))?;
-        Ok(digest)
     }
 }
 
