@@ -18,7 +18,9 @@ pub use apply::{ApplyReport, apply};
 pub use archive::{import_docker_archive, import_oci_archive};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
-pub use image::{BlobSource, ImportedImage, LayerInfo, Platform, import};
+pub use image::{
+    BlobSource, DEFAULT_JOBS, ImportedImage, LayerInfo, NoProgress, Platform, Progress, import,
+};
 pub use layer::{Compression, EntryKind, LayerSummary, chain_ids, classify, hardlink_target, scan};
 pub use layout::{OciLayout, import_layout};
 pub use snapshot::{Prepared, Snapshotter};
