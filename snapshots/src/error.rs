@@ -41,6 +41,52 @@ pub enum Error {
         reason: &'static str,
     },
 
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("invalid credentials: {0}")]
+    InvalidCredentials(&'static str),
+
+    #[error("cannot reach {registry} at {url}: {reason}")]
+    RegistryUnreachable {
+        registry: String,
+        url: String,
+        reason: String,
+    },
+
+    #[error(
+        "TLS connection to {registry} at {url} failed: {reason}; if the registry's certificate comes from a private CA, pass --cert-dir DIR holding the CA's *.crt, or --tls-verify=false to skip verification"
+    )]
+    RegistryTls {
+        registry: String,
+        url: String,
+        reason: String,
+    },
+
+    #[error(
+        "{registry} refused to serve {repository} without credentials: log in (an auth file entry for {registry}) or pass --creds USER:PASS; or the repository does not exist"
+    )]
+    AuthRequired {
+        registry: String,
+        repository: String,
+    },
+
+    #[error(
+        "authentication to {registry} failed: check the user name and password (--creds or the auth file); the credentials came from {origin}"
+    )]
+    AuthFailed { registry: String, origin: String },
+
+    #[error("manifest unknown: {reference} not found in {registry}")]
+    ManifestUnknown { reference: String, registry: String },
+
+    /// Anything else a registry did that rcrun cannot go on with.
+    #[error("{registry}: {reason}")]
+    Registry { registry: String, reason: String },
+
+    /// An auth file or certificate directory rcrun cannot use.
+    #[error("{path}: {reason}")]
+    Settings { path: PathBuf, reason: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -147,11 +147,11 @@ impl ImportedImage {
     }
 }
 
-const INDEX_TYPES: [&str; 2] = [
+pub(crate) const INDEX_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-const MANIFEST_TYPES: [&str; 2] = [
+pub(crate) const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
@@ -547,5 +547,21 @@ mod tests {
         let err = import_layers(6, &store, fetch).unwrap_err();
         assert!(err.to_string().contains("stop at 0"), "{err}");
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn an_unsafe_layer_is_rejected_while_streaming_and_not_kept() {
+        let mut layout = Layout::new();
+        let evil = tar_of(&[("../escape", b"x")]);
+        let desc = layout.image(std::slice::from_ref(&evil), Compression::Gzip, "amd64");
+        layout.tag(desc, "t");
+        let source = OciLayout::open(layout.path()).unwrap();
+        let root = source.resolve(Some("t")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let err = import(&store, &source, &root, &Platform::host()).unwrap_err();
+        assert!(matches!(err, Error::UnsafeEntry { .. }), "{err}");
+        let blob = Digest::of(&crate::testing::compress(&evil, Compression::Gzip));
+        assert!(!store.contains(&blob));
     }
 }
