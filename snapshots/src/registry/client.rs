@@ -2,7 +2,7 @@
 //! answering `401` challenges, and serving manifests and blobs as a [`BlobSource`].
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -33,8 +33,8 @@ pub(crate) struct Client {
     auth_files: Vec<PathBuf>,
     /// Credentials and where they came from, looked up at the first challenge.
     creds: OnceLock<Option<(Credentials, String)>>,
-    /// The `Authorization` header to send, and whether it carries credentials.
-    authorization: Mutex<Option<(String, bool)>>,
+    /// The `Authorization` header to send, once a challenge asked for one.
+    authorization: Mutex<Option<String>>,
 }
 
 /// `localhost`, 127.0.0.0/8 and ::1, with or without a port.
@@ -43,11 +43,7 @@ fn is_loopback(endpoint: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => endpoint.split(':').next().unwrap_or(""),
     };
-    host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .or_else(|_| host.parse::<Ipv6Addr>().map(IpAddr::V6))
-            .is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The rustls error behind a failed request, if TLS is what failed.
@@ -135,17 +131,20 @@ impl Client {
     /// any host with `tls_verify` off) and authenticates if `/v2/` asks for it.
     pub(crate) fn connect(reference: &Reference, options: &PullOptions) -> Result<Self> {
         let tls = certs::tls_config(options.cert_dir.as_deref(), options.tls_verify)?;
-        let agent: Agent = Agent::config_builder()
+        let endpoint = reference.endpoint();
+        let mut config = Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
             .timeout_resolve(Some(options.connect_timeout))
             .timeout_connect(Some(options.connect_timeout))
             .timeout_recv_response(Some(options.read_timeout))
             .timeout_per_read(Some(options.read_timeout))
-            .user_agent(concat!("rcrun/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        let endpoint = reference.endpoint();
+            .user_agent(concat!("rcrun/", env!("CARGO_PKG_VERSION")));
+        // Like Go's (docker's) client: a proxy from the environment never serves loopback.
+        if is_loopback(endpoint) {
+            config = config.proxy(None);
+        }
+        let agent: Agent = config.build().into();
         let https = format!("https://{endpoint}");
         let (base, ping) = match agent.get(format!("{https}/v2/")).call() {
             Ok(r) => (https, r),
@@ -235,8 +234,7 @@ impl Client {
                 format!("Bearer {}", self.token(realm, service.as_deref(), creds)?)
             }
         };
-        *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((header, creds.is_some()));
+        *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(header);
         Ok(())
     }
 
@@ -321,7 +319,7 @@ impl Client {
                     if let Some(accept) = accept {
                         request = request.header("Accept", accept);
                     }
-                    if let Some((header, _)) = authorization {
+                    if let Some(header) = authorization {
                         request = request.header("Authorization", header);
                     }
                     request
@@ -542,6 +540,13 @@ mod tests {
                         true => ("200 OK", String::new(), r#"{"access_token":"t0k"}"#),
                         false => ("401 Unauthorized", String::new(), ""),
                     }
+                } else if authorization == "Bearer t0k" && request.contains("/manifests/") {
+                    let schema1 = "Content-Type: application/vnd.docker.distribution.manifest.v1+prettyjws\r\n";
+                    (
+                        "200 OK",
+                        schema1.to_string(),
+                        r#"{"schemaVersion":1,"name":"org/app"}"#,
+                    )
                 } else if authorization == "Bearer t0k" {
                     ("200 OK", String::new(), "{}")
                 } else {
@@ -580,6 +585,15 @@ mod tests {
                 && token_request.contains("service=fake"),
             "{token_request}"
         );
+        // The token is kept for later requests, which find a schema 1 manifest here.
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let err = client.fetch_root(&store).unwrap_err().to_string();
+        assert!(
+            err.contains("schema 1") && err.contains("unsupported"),
+            "{err}"
+        );
+        assert!(store.list().unwrap().is_empty());
 
         let err = Client::connect(&reference, &options(Some("user:wrong")))
             .err()
