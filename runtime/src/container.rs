@@ -21,6 +21,7 @@ use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::monitor::{self, BlockedSignals};
+use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
@@ -35,12 +36,16 @@ pub struct Runtime {
 #[derive(Debug, Default, Clone)]
 pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
+    /// Mount this overlay on the bundle's root.path, inside the container.
+    pub overlay: Option<RootfsOverlay>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    /// Mount this overlay on the bundle's root.path, inside the container.
+    pub overlay: Option<RootfsOverlay>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -344,7 +349,7 @@ impl Runtime {
 
     /// Sets the container up and leaves its process waiting for `start`.
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
-        let cfg = load_and_warn(bundle)?;
+        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
         if cfg.process.terminal {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket for create; use `run` in the foreground or set terminal to false".into(),
@@ -415,7 +420,7 @@ impl Runtime {
     /// Creates and starts a container. In the foreground rcrun is its monitor and
     /// returns its exit code (128+N if killed by signal N), then deletes it.
     pub fn run(&self, id: &str, bundle: &Path, opts: &RunOptions) -> Result<i32> {
-        let cfg = load_and_warn(bundle)?;
+        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
         if cfg.process.terminal && opts.detach {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),
@@ -596,8 +601,8 @@ fn exec_fifo(dir: &Path) -> Result<Gate> {
 }
 
 /// Loads a bundle; what rcrun cannot honour goes to stderr, as runc's warnings do.
-fn load_and_warn(bundle: &Path) -> Result<ContainerConfig> {
-    let cfg = config::load(bundle)?;
+fn load_and_warn(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<ContainerConfig> {
+    let cfg = config::load(bundle, overlay)?;
     for w in &cfg.warnings {
         eprintln!("rcrun: warning: {w}");
     }

@@ -43,6 +43,9 @@ pub enum Error {
     )]
     InvalidId(String),
 
+    #[error("overlay rootfs: {path}: {reason}")]
+    Overlay { path: PathBuf, reason: String },
+
     #[error("container {0} already exists; delete it first (`delete {0}`) or choose another id")]
     Exists(String),
 
