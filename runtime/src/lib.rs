@@ -32,7 +32,7 @@ mod userns;
 pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime};
 pub use error::{Error, FailureKind, Result};
 pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
-pub use overlay::{OverlayDriver, RootfsOverlay};
+pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use signal::parse_signal;
 pub use spec::default_spec;
 pub use state::{State, Status};

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
-use nix::mount::MsFlags;
+use nix::mount::{MntFlags, MsFlags};
+use nix::unistd::Uid;
 
 use crate::error::{Error, FailureKind, Result, SetupFailure};
-use crate::sys;
+use crate::{sys, userns};
 
 /// An overlay rootfs, mounted on the bundle's `root.path`. The runtime knows nothing
 /// of images: the caller passes the layers' directories.
@@ -343,6 +344,74 @@ impl OverlayPlan {
             kind: FailureKind::Setup,
         }
     }
+}
+
+/// Which overlay this user can mount for containers whose upper directories live on
+/// `dir`'s filesystem: the kernel's (in a user namespace unless root), else
+/// fuse-overlayfs when installed. Mounts a two-layer overlay in a scratch directory
+/// under `dir`, deletes a lower file through it (a whiteout) and writes one; nothing
+/// is cached. Err([`Error::OverlayUnavailable`]) says why neither works, so the
+/// caller can fall back to copying and tell the user.
+pub fn probe_overlay(dir: &Path) -> Result<OverlayDriver> {
+    let scratch = dir.join(format!(".overlay-probe-{}", std::process::id()));
+    std::fs::create_dir(&scratch)
+        .map_err(|e| Error::io(format!("create {}", scratch.display()), e))?;
+    let result = match exercise(&scratch, OverlayDriver::Kernel) {
+        Ok(()) => Ok(OverlayDriver::Kernel),
+        Err(kernel) if find_in_path("fuse-overlayfs").is_none() => Err(Error::OverlayUnavailable(
+            format!("{kernel}; fuse-overlayfs is not installed"),
+        )),
+        Err(kernel) => match exercise(&scratch, OverlayDriver::Fuse) {
+            Ok(()) => Ok(OverlayDriver::Fuse),
+            Err(fuse) => Err(Error::OverlayUnavailable(format!("{kernel}; {fuse}"))),
+        },
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Mounts and uses a tiny overlay with `driver` inside a user namespace, then
+/// removes it there (as the namespace's root, who may enter overlay's mode-0 work dir).
+fn exercise(scratch: &Path, driver: OverlayDriver) -> Result<()> {
+    let what = match driver {
+        OverlayDriver::Kernel => "the kernel overlay",
+        OverlayDriver::Fuse => "fuse-overlayfs",
+    };
+    let in_userns = !Uid::effective().is_root();
+    userns::run_in_user_namespace(&format!("mount {what}"), || {
+        let dir = |name: &str| -> Result<PathBuf, String> {
+            let p = scratch.join(name);
+            std::fs::create_dir(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+            Ok(p)
+        };
+        let (bottom, top, upper, work, merged) =
+            (dir("l0")?, dir("l1")?, dir("u")?, dir("w")?, dir("m")?);
+        std::fs::write(bottom.join("old"), "").map_err(|e| e.to_string())?;
+        let overlay = RootfsOverlay {
+            lowers: vec![top, bottom],
+            upper: upper.clone(),
+            work,
+            driver,
+        };
+        let plan = OverlayPlan::new(&overlay, in_userns).map_err(|e| e.to_string())?;
+        plan.mount(&merged)
+            .map_err(|f| format!("{}: {}", f.step, f.detail))?;
+        let used = std::fs::remove_file(merged.join("old"))
+            .and_then(|()| std::fs::write(merged.join("new"), ""))
+            .map_err(|e| format!("write through the overlay: {e}"));
+        let _ = nix::mount::umount2(&merged, MntFlags::MNT_DETACH);
+        used?;
+        if !upper.join("new").exists() {
+            return Err("a file written through the overlay is not in its upper directory".into());
+        }
+        for entry in std::fs::read_dir(scratch)
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
