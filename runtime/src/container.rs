@@ -174,9 +174,11 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         Ok(exe) => exe,
         Err(f) => return f,
     };
-    match gate {
+    // Held open until the exec closes it (close-on-exec): `start` returns on that EOF,
+    // once the process is the user's program, which `exec` can then join.
+    let _fifo_until_exec = match gate {
         Gate::Message => match channel.recv::<ToChild>() {
-            Ok(Some((ToChild::Start, _))) => {}
+            Ok(Some((ToChild::Start, _))) => None,
             // rcrun went away before starting us: nothing to run for.
             // SAFETY: see spawn::run_child.
             _ => unsafe { libc::_exit(125) },
@@ -191,11 +193,12 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
             match opened {
                 Ok(w) => {
                     let _ = nix::unistd::write(&w, b"0");
+                    Some(w)
                 }
                 Err(e) => return setup_failure("open the exec fifo (is /proc mounted?)", e),
             }
         }
-    }
+    };
     process::exec(&cfg.process, &exe, mask)
 }
 
@@ -366,7 +369,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// Lets a created container's process exec.
+    /// Lets a created container's process exec; returns once it has (or has exited).
     pub fn start(&self, id: &str) -> Result<()> {
         let (dir, _lock) = self.lock(id)?;
         let rec = Record::load(&dir, id)?;
@@ -389,6 +392,7 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo_path);
         let pidfd = sys::pidfd_open(Pid::from_raw(rec.pid))
             .map_err(|e| Error::sys(format!("open the process of container {id}"), e))?;
+        let mut released = false;
         loop {
             let mut fds = [
                 PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
@@ -403,9 +407,15 @@ impl Runtime {
             let exited = fds[1].revents().is_some_and(|r| !r.is_empty());
             if fifo_ready {
                 let mut byte = [0u8; 1];
-                if let Ok(1) = nix::unistd::read(&fifo, &mut byte) {
-                    return Ok(());
+                match nix::unistd::read(&fifo, &mut byte) {
+                    // Past the gate; EOF follows once it has exec'd.
+                    Ok(1) => released = true,
+                    Ok(0) if released => return Ok(()),
+                    _ => {}
                 }
+            }
+            if exited && released {
+                return Ok(());
             }
             if exited {
                 return Err(Error::WrongState {
