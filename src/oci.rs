@@ -210,6 +210,7 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
         OciCommand::Create { bundle, id } => {
             let opts = CreateOptions {
                 pid_file: bundle.pid_file.clone(),
+                ..Default::default()
             };
             rt.create(id, &bundle.bundle, &opts)?;
             Ok(0)
@@ -230,6 +231,7 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
             let opts = RunOptions {
                 detach: *detach,
                 pid_file: bundle.pid_file.clone(),
+                ..Default::default()
             };
             Ok(rt.run(id, &bundle.bundle, &opts)?)
         }

@@ -16,6 +16,7 @@ use crate::caps::CapSets;
 use crate::error::{Error, Result};
 use crate::idmap::{self, MapWriter};
 use crate::mounts::{self, DevicePlan, MountKind, MountPlan, RootfsPlan};
+use crate::overlay::{OverlayPlan, RootfsOverlay};
 use crate::process::{self, ProcessPlan, Rlimit};
 use crate::sys;
 
@@ -454,8 +455,8 @@ fn unsupported_fields(spec: &Spec) -> Vec<String> {
     out
 }
 
-/// Loads and validates a bundle.
-pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
+/// Loads and validates a bundle, with `overlay` (if any) as its rootfs.
+pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<ContainerConfig> {
     let (bundle, spec) = read_spec(bundle)?;
     let root = spec
         .root()
@@ -518,6 +519,9 @@ pub(crate) fn load(bundle: &Path) -> Result<ContainerConfig> {
     };
     let rootfs_plan = RootfsPlan {
         rootfs,
+        overlay: overlay
+            .map(|o| OverlayPlan::new(o, in_userns))
+            .transpose()?,
         root_propagation,
         mounts,
         populate_dev,

@@ -21,6 +21,7 @@ use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::monitor::{self, BlockedSignals};
+use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
@@ -35,12 +36,16 @@ pub struct Runtime {
 #[derive(Debug, Default, Clone)]
 pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
+    /// Mount this overlay on the bundle's root.path, inside the container.
+    pub overlay: Option<RootfsOverlay>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    /// Mount this overlay on the bundle's root.path, inside the container.
+    pub overlay: Option<RootfsOverlay>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -169,9 +174,11 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         Ok(exe) => exe,
         Err(f) => return f,
     };
-    match gate {
+    // Held open until the exec closes it (close-on-exec): `start` returns on that EOF,
+    // once the process is the user's program, which `exec` can then join.
+    let _fifo_until_exec = match gate {
         Gate::Message => match channel.recv::<ToChild>() {
-            Ok(Some((ToChild::Start, _))) => {}
+            Ok(Some((ToChild::Start, _))) => None,
             // rcrun went away before starting us: nothing to run for.
             // SAFETY: see spawn::run_child.
             _ => unsafe { libc::_exit(125) },
@@ -186,11 +193,12 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
             match opened {
                 Ok(w) => {
                     let _ = nix::unistd::write(&w, b"0");
+                    Some(w)
                 }
                 Err(e) => return setup_failure("open the exec fifo (is /proc mounted?)", e),
             }
         }
-    }
+    };
     process::exec(&cfg.process, &exe, mask)
 }
 
@@ -344,7 +352,7 @@ impl Runtime {
 
     /// Sets the container up and leaves its process waiting for `start`.
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
-        let cfg = load_and_warn(bundle)?;
+        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
         if cfg.process.terminal {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket for create; use `run` in the foreground or set terminal to false".into(),
@@ -361,7 +369,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// Lets a created container's process exec.
+    /// Lets a created container's process exec; returns once it has (or has exited).
     pub fn start(&self, id: &str) -> Result<()> {
         let (dir, _lock) = self.lock(id)?;
         let rec = Record::load(&dir, id)?;
@@ -384,6 +392,7 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo_path);
         let pidfd = sys::pidfd_open(Pid::from_raw(rec.pid))
             .map_err(|e| Error::sys(format!("open the process of container {id}"), e))?;
+        let mut released = false;
         loop {
             let mut fds = [
                 PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
@@ -398,9 +407,15 @@ impl Runtime {
             let exited = fds[1].revents().is_some_and(|r| !r.is_empty());
             if fifo_ready {
                 let mut byte = [0u8; 1];
-                if let Ok(1) = nix::unistd::read(&fifo, &mut byte) {
-                    return Ok(());
+                match nix::unistd::read(&fifo, &mut byte) {
+                    // Past the gate; EOF follows once it has exec'd.
+                    Ok(1) => released = true,
+                    Ok(0) if released => return Ok(()),
+                    _ => {}
                 }
+            }
+            if exited && released {
+                return Ok(());
             }
             if exited {
                 return Err(Error::WrongState {
@@ -415,7 +430,7 @@ impl Runtime {
     /// Creates and starts a container. In the foreground rcrun is its monitor and
     /// returns its exit code (128+N if killed by signal N), then deletes it.
     pub fn run(&self, id: &str, bundle: &Path, opts: &RunOptions) -> Result<i32> {
-        let cfg = load_and_warn(bundle)?;
+        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
         if cfg.process.terminal && opts.detach {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),
@@ -596,8 +611,8 @@ fn exec_fifo(dir: &Path) -> Result<Gate> {
 }
 
 /// Loads a bundle; what rcrun cannot honour goes to stderr, as runc's warnings do.
-fn load_and_warn(bundle: &Path) -> Result<ContainerConfig> {
-    let cfg = config::load(bundle)?;
+fn load_and_warn(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<ContainerConfig> {
+    let cfg = config::load(bundle, overlay)?;
     for w in &cfg.warnings {
         eprintln!("rcrun: warning: {w}");
     }

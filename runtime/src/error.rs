@@ -43,6 +43,13 @@ pub enum Error {
     )]
     InvalidId(String),
 
+    #[error("overlay rootfs: {path}: {reason}")]
+    Overlay { path: PathBuf, reason: String },
+
+    /// Neither the kernel's overlay nor fuse-overlayfs works for this user.
+    #[error("no overlay filesystem is usable here: {0}")]
+    OverlayUnavailable(String),
+
     #[error("container {0} already exists; delete it first (`delete {0}`) or choose another id")]
     Exists(String),
 

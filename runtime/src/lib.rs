@@ -3,7 +3,8 @@
 //!
 //! The start path is one process tree: rcrun clones the container's init with all
 //! its namespaces at once (an intermediate process only when namespaces are joined
-//! by path), writes its id maps, and the init builds the rootfs, drops privileges
+//! by path), writes its id maps, and the init builds the rootfs (on an overlay of
+//! the caller's layers when asked: [`RootfsOverlay`]), drops privileges
 //! and execs the user's program as pid 1. Nothing is re-exec'd or shelled out,
 //! except the setuid helpers newuidmap/newgidmap for multi-range maps.
 //!
@@ -18,6 +19,7 @@ mod error;
 mod idmap;
 mod monitor;
 mod mounts;
+mod overlay;
 mod process;
 mod signal;
 mod spawn;
@@ -30,6 +32,7 @@ mod userns;
 pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime};
 pub use error::{Error, FailureKind, Result};
 pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
+pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use signal::parse_signal;
 pub use spec::default_spec;
 pub use state::{State, Status};

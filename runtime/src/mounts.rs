@@ -16,6 +16,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use crate::error::{FailureKind, SetupFailure};
+use crate::overlay::OverlayPlan;
 use crate::sys;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub(crate) struct DevicePlan {
 #[derive(Debug, Clone)]
 pub(crate) struct RootfsPlan {
     pub rootfs: PathBuf,
+    /// Mounted on `rootfs` first, so everything below applies on top of it.
+    pub overlay: Option<OverlayPlan>,
     /// Applied recursively to `/` first, so nothing done here reaches the host.
     pub root_propagation: MsFlags,
     pub mounts: Vec<MountPlan>,
@@ -518,6 +521,10 @@ pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
         None::<&str>,
     )
     .map_err(|e| failure("set propagation of /", e))?;
+    // After the propagation change: as root the overlay must not reach the host.
+    if let Some(overlay) = &plan.overlay {
+        overlay.mount(&plan.rootfs)?;
+    }
     bind(&plan.rootfs, &plan.rootfs.to_string_lossy(), true).map_err(|e| {
         failure(
             format!("bind mount the rootfs {}", plan.rootfs.display()),

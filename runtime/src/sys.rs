@@ -133,3 +133,71 @@ pub(crate) fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
+
+fn fd_result(ret: libc::c_long) -> nix::Result<OwnedFd> {
+    let fd = Errno::result(ret)? as RawFd;
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// fsopen(2): a filesystem context, the first step of the new mount API.
+pub(crate) fn fsopen(fstype: &CStr) -> nix::Result<OwnedFd> {
+    // SAFETY: plain syscall with a valid C string.
+    fd_result(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) })
+}
+
+/// fsconfig(2) with a string value, a flag (`value` None) or a command (`key` None).
+pub(crate) fn fsconfig(
+    fs: &OwnedFd,
+    command: libc::c_uint,
+    key: Option<&CStr>,
+    value: Option<&CStr>,
+) -> nix::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: plain syscall; the strings outlive it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            command,
+            ptr(key),
+            ptr(value),
+            0,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// fsmount(2) then move_mount(2): attaches a configured filesystem context on `target`.
+pub(crate) fn fsmount_on(fs: &OwnedFd, target: &CStr) -> nix::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    let mnt = fd_result(unsafe {
+        libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0)
+    })?;
+    // SAFETY: plain syscall; the strings outlive it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// The messages a filesystem context logged (the kernel's reason for an EINVAL).
+pub(crate) fn fs_context_messages(fs: &OwnedFd) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Each read returns one message; ENODATA once the log is empty.
+    while let Ok(n) = nix::unistd::read(fs, &mut buf) {
+        if n == 0 || out.len() >= 8 {
+            break;
+        }
+        out.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
+    }
+    out
+}
