@@ -42,7 +42,7 @@ fn cpath(p: &Path) -> CString {
 }
 
 /// openat2 with RESOLVE_IN_ROOT; `path` is relative to the root.
-fn open_in_root(root: &OwnedFd, path: &Path, flags: i32) -> nix::Result<OwnedFd> {
+pub(crate) fn open_in_root(root: &OwnedFd, path: &Path, flags: i32) -> nix::Result<OwnedFd> {
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;

@@ -183,15 +183,12 @@ struct DockerEntry {
     layers: Vec<PathBuf>,
 }
 
-/// Imports `docker-archive:FILE[:NAME:TAG]`.
-pub fn import_docker_archive(
-    store: &ContentStore,
+/// The entries of a docker archive's manifest.json (and its symlinks, if asked).
+fn docker_entries(
     path: &Path,
-    reference: Option<&str>,
-    platform: &Platform,
-) -> Result<ImportedImage> {
+    links: Option<&mut HashMap<PathBuf, PathBuf>>,
+) -> Result<Vec<DockerEntry>> {
     let mut manifest_bytes = None;
-    let mut links = HashMap::new();
     walk(
         path,
         |name, r| {
@@ -200,12 +197,31 @@ pub fn import_docker_archive(
             }
             Ok(())
         },
-        Some(&mut links),
+        links,
     )?;
-    let manifest_bytes = manifest_bytes
+    let bytes = manifest_bytes
         .ok_or_else(|| archive_error(path, "is not a docker-archive (no manifest.json)"))?;
-    let entries: Vec<DockerEntry> = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| archive_error(path, format!("malformed manifest.json: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| archive_error(path, format!("malformed manifest.json: {e}")))
+}
+
+/// The names (`RepoTags`) of the images in a docker archive, in its order.
+pub fn docker_archive_tags(path: &Path) -> Result<Vec<String>> {
+    Ok(docker_entries(path, None)?
+        .into_iter()
+        .flat_map(|e| e.repo_tags.unwrap_or_default())
+        .collect())
+}
+
+/// Imports `docker-archive:FILE[:NAME:TAG]`.
+pub fn import_docker_archive(
+    store: &ContentStore,
+    path: &Path,
+    reference: Option<&str>,
+    platform: &Platform,
+) -> Result<ImportedImage> {
+    let mut links = HashMap::new();
+    let entries = docker_entries(path, Some(&mut links))?;
     let tags = |e: &DockerEntry| e.repo_tags.clone().unwrap_or_default();
     let entry = match reference {
         Some(r) => entries.iter().find(|e| {

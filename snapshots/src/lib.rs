@@ -36,7 +36,7 @@ mod store;
 pub mod testing;
 
 pub use apply::{ApplyReport, apply};
-pub use archive::{import_docker_archive, import_oci_archive};
+pub use archive::{docker_archive_tags, import_docker_archive, import_oci_archive};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
 pub use image::{

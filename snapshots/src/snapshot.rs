@@ -77,6 +77,50 @@ impl Snapshotter {
             .collect()
     }
 
+    /// Reads a small file of an image (e.g. etc/passwd) as the container will see
+    /// it: from the topmost layer that has it, every lookup confined to that layer
+    /// (RESOLVE_IN_ROOT). A whiteout or opaque directory above hides it: `None`.
+    pub fn read_file(&self, chains: &[Digest], path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        for lower in self.lowerdirs(chains)? {
+            let target = lower.join(rel);
+            // Deletions in overlay form: a 0:0 char device at the path, or an
+            // opaque parent directory (which still shows the layer's own entry).
+            let md = std::fs::symlink_metadata(&target);
+            if md.as_ref().is_ok_and(|m| m.file_type().is_char_device()) {
+                return Ok(None);
+            }
+            let root = nix::fcntl::open(
+                &lower,
+                nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::io(format!("open {}", lower.display()), e.into()))?;
+            match crate::apply::open_in_root(&root, rel, libc::O_RDONLY) {
+                Ok(fd) => {
+                    let mut out = Vec::new();
+                    std::fs::File::from(fd)
+                        .take(limit)
+                        .read_to_end(&mut out)
+                        .map_err(|e| Error::io(format!("read {}", target.display()), e))?;
+                    return Ok(Some(out));
+                }
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(Error::io(format!("open {}", target.display()), e.into())),
+            }
+            if rel
+                .ancestors()
+                .skip(1)
+                .any(|dir| is_opaque(&lower.join(dir)))
+            {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     /// Prepares to unpack the layer with chain id `chains.last()` over the ones below it.
     pub fn prepare(&self, chains: &[Digest]) -> Result<Prepared> {
         let (chain, below) = chains.split_last().ok_or_else(|| Error::Image {
@@ -153,6 +197,33 @@ impl Snapshotter {
         }
         Ok(removed)
     }
+}
+
+/// An overlay opaque directory: its lower layers' entries are hidden.
+fn is_opaque(dir: &Path) -> bool {
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|name| xattr_is_y(dir, name))
+}
+
+fn xattr_is_y(path: &Path, name: &str) -> bool {
+    let (Ok(p), Ok(n)) = (
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    let mut value = [0u8; 2];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let len = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    len == 1 && value[0] == b'y'
 }
 
 #[cfg(test)]

@@ -201,6 +201,17 @@ impl ContentStore {
         crate::digest::named_in(&self.blobs)
     }
 
+    /// Removes temporary files of interrupted ingests; call only while no ingest
+    /// runs (rcrun's gc holds its exclusive lock). Returns how many.
+    pub fn clean(&self) -> Result<usize> {
+        let entries = std::fs::read_dir(&self.ingest)
+            .map_err(|e| Error::io(format!("read {}", self.ingest.display()), e))?;
+        Ok(entries
+            .flatten()
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count())
+    }
+
     pub fn remove(&self, digest: &Digest) -> Result<()> {
         match std::fs::remove_file(self.path(digest)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
