@@ -555,6 +555,23 @@ impl Runtime {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
     }
 
+    /// Waits up to `timeout` for a container's process to exit; true if it has
+    /// (or there is none).
+    pub fn wait(&self, id: &str, timeout: Duration) -> Result<bool> {
+        let dir = self.dir(id)?;
+        let rec = Record::load(&dir, id)?;
+        let pidfd = match sys::pidfd_open(Pid::from_raw(rec.pid)) {
+            Ok(fd) => fd,
+            Err(Errno::ESRCH) => return Ok(true),
+            Err(e) => return Err(Error::sys(format!("open the process of container {id}"), e)),
+        };
+        if !rec.alive() {
+            return Ok(true);
+        }
+        exited_within(&pidfd, timeout)
+            .map_err(|e| Error::sys(format!("wait for container {id} to exit"), e))
+    }
+
     /// Runs a new process inside a running container. Returns its exit code (0
     /// right after it starts with `detach`).
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
@@ -645,16 +662,31 @@ fn kill_and_wait(rec: &Record) -> Result<()> {
             0,
         )
     };
-    let timeout = PollTimeout::try_from(Duration::from_secs(10)).unwrap_or(PollTimeout::MAX);
-    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, timeout) {
-        Ok(0) => Err(Error::WrongState {
+    match exited_within(&pidfd, Duration::from_secs(10)) {
+        Ok(false) => Err(Error::WrongState {
             id: rec.id.clone(),
             status: "running",
             hint: "its process did not die within 10 s of SIGKILL",
         }),
-        Ok(_) => Ok(()),
+        Ok(true) => Ok(()),
         Err(e) => Err(Error::sys("wait for the container to exit", e)),
+    }
+}
+
+/// Whether the process behind `pidfd` exits within `timeout`.
+fn exited_within(pidfd: &OwnedFd, timeout: Duration) -> nix::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(n) => return Ok(n > 0),
+        }
     }
 }
 

@@ -35,5 +35,5 @@ pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
 pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use signal::parse_signal;
 pub use spec::default_spec;
-pub use state::{State, Status};
+pub use state::{State, Status, now_rfc3339};
 pub use userns::run_in_user_namespace;

@@ -157,7 +157,7 @@ impl Record {
 }
 
 /// An RFC 3339 UTC timestamp, without pulling in a date crate.
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
