@@ -1,5 +1,6 @@
 //! rcrun: a rootless OCI container runtime for CI runners and test suites.
 
+mod commands;
 mod oci;
 
 use std::path::Path;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// The runc-compatible low-level interface over OCI bundles (also available as `rcrun-oci`).
     Oci(oci::OciCli),
+    #[command(flatten)]
+    Docker(commands::Command),
 }
 
 /// Exit code when rcrun itself fails (docker's convention).
@@ -55,5 +58,12 @@ fn main() -> ExitCode {
     }
     match parse_or_exit::<Cli>().command {
         Command::Oci(cli) => oci::main(cli),
+        Command::Docker(command) => match commands::run(command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("rcrun: {e:#}");
+                ExitCode::from(rcrun::exit_code_of(&e).clamp(0, 255) as u8)
+            }
+        },
     }
 }

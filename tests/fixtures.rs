@@ -8,25 +8,7 @@ use std::path::{Path, PathBuf};
 use rcrun::images::Images;
 use snapshots::{Platform, import_layout};
 
-fn repo() -> PathBuf {
-    PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-}
-
-/// The layout of a fixture image; fails (not skips) when it was not built.
-fn fixture(name: &str) -> PathBuf {
-    let out = std::process::Command::new(repo().join("scripts/fixtures"))
-        .args(["path", name])
-        .output()
-        .expect("run scripts/fixtures");
-    assert!(
-        out.status.success(),
-        "fixture {name} is not built: run `sudo scripts/fixtures build {name}` ({})",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+use common::{fixture, repo};
 
 /// fixtures/tree-list.py over the merged snapshots of `lowers`.
 fn tree_list(lowers: &[PathBuf], scratch: &Path, paths: &[&str]) -> String {

@@ -274,3 +274,24 @@ pub fn inspect_merged(
     .unwrap();
     std::fs::read_to_string(&out).unwrap()
 }
+
+/// The checkout (CARGO_MANIFEST_DIR is set by scripts/test when tests run elsewhere).
+pub fn repo() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+}
+
+/// The layout of a fixture image; fails (not skips) when it was not built.
+pub fn fixture(name: &str) -> PathBuf {
+    let out = Command::new(repo().join("scripts/fixtures"))
+        .args(["path", name])
+        .output()
+        .expect("run scripts/fixtures");
+    assert!(
+        out.status.success(),
+        "fixture {name} is not built: run `sudo scripts/fixtures build {name}` ({})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

@@ -1,0 +1,479 @@
+//! The docker-like commands: pull, images, rmi, image prune, gc, run, ps, logs, stop,
+//! kill, rm, exec, inspect.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use rcrun::containers::{ContainerView, Containers, ExecFlags, RunFlags};
+use rcrun::db::short_id;
+use rcrun::images::{Images, PullOptions, default_data_dir};
+use rcrun::spec::RunRequest;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PullArgs {
+    /// Platform to pick from a multi-arch image (os/arch[/variant]).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Registry credentials (USER:PASSWORD).
+    #[arg(long)]
+    creds: Option<String>,
+    /// Directory with extra CA certificates (*.crt) and a client certificate (*.cert, *.key).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Require HTTPS and verify certificates (default true; plain HTTP only for loopback).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+}
+
+impl PullArgs {
+    fn options(&self) -> PullOptions {
+        PullOptions {
+            platform: self.platform.clone(),
+            creds: self.creds.clone(),
+            cert_dir: self.cert_dir.clone(),
+            tls_verify: self.tls_verify,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(long)]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// USER[:GROUP], names or numbers.
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// HOSTDIR:CTRDIR[:ro] or VOLUME:CTRDIR[:ro].
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    /// Mount a tmpfs at DIR[:OPTIONS].
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Mount the rootfs read-only.
+    #[arg(long)]
+    read_only: bool,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// `host` (share rcrun's network) or `none` (loopback only).
+    #[arg(long, default_value = "host")]
+    network: String,
+    #[command(flatten)]
+    pull: PullArgs,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(short, long)]
+    workdir: Option<PathBuf>,
+    #[arg(short, long)]
+    user: Option<String>,
+    container: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Remove images without a name (with --all, every image no container uses).
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// List images.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove images.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pull an image: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE.
+    Pull {
+        #[command(flatten)]
+        args: PullArgs,
+        /// Print only the image id.
+        #[arg(short, long)]
+        quiet: bool,
+        reference: String,
+    },
+    /// List images.
+    Images {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove images.
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Remove unreferenced blobs and snapshots, and what a crashed rcrun left behind.
+    Gc,
+    /// Run a command in a new container.
+    Run(Box<RunArgs>),
+    /// List containers.
+    Ps {
+        /// Also stopped ones.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Stop containers: SIGTERM (or the image's StopSignal), SIGKILL after a timeout.
+    Stop {
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal (default KILL) to containers.
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// Show containers in detail, as JSON.
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+}
+
+fn open() -> Result<Containers> {
+    Containers::open(&default_data_dir())
+}
+
+fn print_images(images: &Images, format: Format) -> Result<()> {
+    let rows = images.db_ref().images()?;
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<40} {:<14} {:<12} {:>10}",
+        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+    )?;
+    for image in &rows {
+        let names: Vec<(String, String)> = if image.names.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            image
+                .names
+                .iter()
+                .map(
+                    |n| match n.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                        Some((r, t)) => (r.to_string(), t.to_string()),
+                        None => (n.clone(), "<none>".into()),
+                    },
+                )
+                .collect()
+        };
+        for (repo, tag) in names {
+            writeln!(
+                out,
+                "{repo:<40} {tag:<14} {:<12} {:>10}",
+                short_id(&image.id),
+                human_size(image.size)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_containers(views: &[ContainerView], format: Format, quiet: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if quiet {
+        for v in views {
+            writeln!(out, "{}", short_id(&v.row.id))?;
+        }
+        return Ok(());
+    }
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(views)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<12}  {:<30}  {:<24}  {:<14}  NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "STATUS"
+    )?;
+    for v in views {
+        let mut command = v.row.command.join(" ");
+        if command.len() > 22 {
+            command.truncate(21);
+            command.push('…');
+        }
+        writeln!(
+            out,
+            "{:<12}  {:<30}  {:<24}  {:<14}  {}",
+            short_id(&v.row.id),
+            v.row.image_name,
+            format!("\"{command}\""),
+            v.status,
+            v.row.name
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs one command on every argument, reporting each failure; fails if any did.
+fn each(items: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
+    let mut failed = None;
+    for item in items {
+        if let Err(e) = f(item) {
+            eprintln!("rcrun: {e:#}");
+            failed = Some(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(e.context("some of the items failed (see above)")),
+        None => Ok(0),
+    }
+}
+
+pub fn run(command: Command) -> Result<i32> {
+    match command {
+        Command::Pull {
+            args,
+            quiet,
+            reference,
+        } => {
+            let mut images = Images::open(&default_data_dir())?;
+            let pulled = match rcrun::progress::for_stderr() {
+                Some(display) => {
+                    let pulled = images.pull_with(&reference, &args.options(), &display);
+                    display.finish();
+                    pulled?
+                }
+                None => images.pull(&reference, &args.options())?,
+            };
+            for w in &pulled.unpack.warnings {
+                eprintln!("warning: {w}");
+            }
+            if quiet {
+                println!("{}", pulled.id);
+            } else {
+                println!(
+                    "{} {}",
+                    pulled.id,
+                    pulled.name.as_deref().unwrap_or("(no name)")
+                );
+            }
+            Ok(0)
+        }
+        Command::Images { format } | Command::Image(ImageCommand::Ls { format }) => {
+            print_images(&Images::open(&default_data_dir())?, format)?;
+            Ok(0)
+        }
+        Command::Rmi { force, images } | Command::Image(ImageCommand::Rm { force, images }) => {
+            let mut store = Images::open(&default_data_dir())?;
+            let code = each(&images, |image| {
+                for line in store.remove(image, force)? {
+                    println!("{line}");
+                }
+                Ok(())
+            })?;
+            store.gc()?;
+            Ok(code)
+        }
+        Command::Image(ImageCommand::Prune { all }) => {
+            let mut store = Images::open(&default_data_dir())?;
+            for id in store.prune(all)? {
+                println!("Deleted: {id}");
+            }
+            let report = store.gc()?;
+            eprintln!(
+                "removed {} blobs and {} snapshots",
+                report.blobs, report.snapshots
+            );
+            Ok(0)
+        }
+        Command::Gc => {
+            let mut store = Images::open(&default_data_dir())?;
+            let report = store.gc()?;
+            println!(
+                "removed {} blobs, {} snapshots and {} leftovers",
+                report.blobs, report.snapshots, report.leftovers
+            );
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let host_network = match args.network.as_str() {
+                "host" => true,
+                "none" => false,
+                other => bail!("unknown network {other:?}: use --network host or --network none"),
+            };
+            let flags = RunFlags {
+                request: RunRequest {
+                    command: args.command,
+                    entrypoint: args.entrypoint,
+                    env: args.env,
+                    env_files: args.env_file,
+                    workdir: args.workdir,
+                    user: args.user,
+                    volumes: args.volume,
+                    tmpfs: args.tmpfs,
+                    read_only: args.read_only,
+                    hostname: args.hostname,
+                    tty: args.tty,
+                    host_network,
+                },
+                name: args.name,
+                detach: args.detach,
+                remove: args.rm,
+                interactive: args.interactive,
+                pull: args.pull.options(),
+            };
+            if flags.detach && flags.request.tty {
+                bail!("-t with -d needs a console socket, which rcrun does not have yet; drop -t");
+            }
+            open()?.run(&args.image, &flags)
+        }
+        Command::Ps { all, quiet, format } => {
+            print_containers(&open()?.list(all)?, format, quiet)?;
+            Ok(0)
+        }
+        Command::Logs { follow, container } => {
+            open()?.logs(&container, follow, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        Command::Stop { time, containers } => {
+            let mut c = open()?;
+            each(&containers, |name| {
+                c.stop(name, Duration::from_secs(time))?;
+                println!("{name}");
+                Ok(())
+            })
+        }
+        Command::Kill { signal, containers } => {
+            let signal = runtime::parse_signal(&signal)?;
+            let mut c = open()?;
+            each(&containers, |name| {
+                c.kill(name, signal)?;
+                println!("{name}");
+                Ok(())
+            })
+        }
+        Command::Rm { force, containers } => {
+            let mut c = open()?;
+            each(&containers, |name| {
+                c.remove(name, force)?;
+                println!("{name}");
+                Ok(())
+            })
+        }
+        Command::Exec(args) => open()?.exec(
+            &args.container,
+            &ExecFlags {
+                command: args.command,
+                env: args.env,
+                workdir: args.workdir,
+                user: args.user,
+                tty: args.tty,
+                interactive: args.interactive,
+                detach: args.detach,
+            },
+        ),
+        Command::Inspect { containers } => {
+            let mut c = open()?;
+            let mut all = Vec::new();
+            let code = each(&containers, |name| {
+                all.push(c.inspect(name)?);
+                Ok(())
+            });
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            code.context("inspect")
+        }
+    }
+}

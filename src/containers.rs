@@ -1,0 +1,633 @@
+//! Containers made from images: their files under `<data>/containers/<id>`, their
+//! record in the metadata store, their run (foreground, or detached under a monitor
+//! that reaps them and records the exit code), and stop/kill/rm/exec/logs.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::unistd::{ForkResult, Pid};
+use runtime::{ExecOptions, OverlayDriver, RootfsOverlay, RunOptions, Runtime, Status};
+use serde::Serialize;
+
+use crate::db::{ContainerRow, Db, ImageRow, short_id};
+use crate::images::{Images, PullOptions, remove_trees};
+use crate::spec::{self, ContainerFiles, ResolvedUser, RunRequest};
+
+/// The largest /etc/passwd or /etc/group rcrun reads from an image.
+const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
+
+pub struct Containers {
+    pub images: Images,
+    runtime: Runtime,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    pub request: RunRequest,
+    pub name: Option<String>,
+    pub detach: bool,
+    pub remove: bool,
+    pub interactive: bool,
+    pub pull: PullOptions,
+}
+
+/// A container as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    #[serde(flatten)]
+    pub row: ContainerRow,
+    pub status: String,
+    pub running: bool,
+    pub pid: Option<i32>,
+    pub dir: PathBuf,
+}
+
+/// The runtime's state root for rcrun's own containers (beside `rcrun oci`'s).
+fn runtime_root() -> PathBuf {
+    let oci = Runtime::default_root();
+    oci.parent().map(|p| p.join("containers")).unwrap_or(oci)
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("read /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn generated_name(id: &str) -> String {
+    const FIRST: [&str; 8] = [
+        "brave", "calm", "eager", "fancy", "gentle", "jolly", "keen", "quiet",
+    ];
+    const SECOND: [&str; 8] = [
+        "hopper", "lovelace", "turing", "curie", "noether", "ritchie", "thompson", "liskov",
+    ];
+    let n = u64::from_str_radix(&id[..8], 16).unwrap_or(0) as usize;
+    format!("{}_{}_{}", FIRST[n % 8], SECOND[(n / 8) % 8], &id[8..12])
+}
+
+/// The host's resolvers for a container on the host network.
+fn resolv_conf() -> String {
+    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+}
+
+/// Reads everything from `fd` until EOF.
+fn read_all(fd: OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = std::fs::File::from(fd).read_to_end(&mut out);
+    out
+}
+
+impl Containers {
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        Ok(Containers {
+            images: Images::open(data_dir)?,
+            runtime: Runtime::new(runtime_root()),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.images.data_dir().join("containers").join(id)
+    }
+
+    fn db(&mut self) -> &mut Db {
+        self.images.db()
+    }
+
+    fn lookup(&mut self, key: &str) -> Result<ContainerRow> {
+        self.db()
+            .container(key)?
+            .ok_or_else(|| anyhow!("no such container: {key} (see `rcrun ps -a`)"))
+    }
+
+    /// Reads a file of the image (etc/passwd) the way the container sees it.
+    fn image_file(&self, image: &ImageRow, path: &str) -> Result<Option<String>> {
+        let bytes = self.images.snapshots().read_file(
+            &image.chain_ids()?,
+            Path::new(path),
+            ACCOUNT_FILE_LIMIT,
+        )?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn resolve_user(&self, image: &ImageRow, user: &str) -> Result<ResolvedUser> {
+        spec::resolve_user(
+            user,
+            self.image_file(image, "etc/passwd")?.as_deref(),
+            self.image_file(image, "etc/group")?.as_deref(),
+        )
+    }
+
+    /// Creates the container's record and files; returns its id.
+    fn create(&mut self, image: &ImageRow, image_name: &str, flags: &RunFlags) -> Result<String> {
+        let config = self.images.config(image)?;
+        let image_config = config.config().as_ref();
+        let user_spec = flags
+            .request
+            .user
+            .clone()
+            .or_else(|| image_config.and_then(|c| c.user().clone()))
+            .unwrap_or_default();
+        let user = self.resolve_user(image, &user_spec)?;
+        let command = spec::command_line(image_config, &flags.request)?;
+        let id = random_hex(32)?;
+        let name = match &flags.name {
+            Some(n) => {
+                spec::validate_name("container", n)?;
+                n.clone()
+            }
+            None => generated_name(&id),
+        };
+        let hostname = flags
+            .request
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        crate::spec::validate_hostname(&hostname)?;
+        let row = ContainerRow {
+            id: id.clone(),
+            name,
+            image: image.id.clone(),
+            image_name: image_name.to_string(),
+            command,
+            created: runtime::now_rfc3339(),
+            auto_remove: flags.remove,
+            exit_code: None,
+            finished: None,
+        };
+        self.db().insert_container(&row)?;
+        let made = self.write_files(image, image_config, &id, &hostname, &user, flags);
+        if let Err(e) = made {
+            let _ = self.remove_files(&id);
+            let _ = self.db().remove_container(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn write_files(
+        &self,
+        image: &ImageRow,
+        image_config: Option<&oci_spec::image::Config>,
+        id: &str,
+        hostname: &str,
+        user: &ResolvedUser,
+        flags: &RunFlags,
+    ) -> Result<()> {
+        let dir = self.dir(id);
+        for sub in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("create {}", dir.join(sub).display()))?;
+        }
+        let hosts = dir.join("hosts");
+        let hostname_file = dir.join("hostname");
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&hosts, spec::hosts_file(hostname))?;
+        std::fs::write(&hostname_file, format!("{hostname}\n"))?;
+        std::fs::write(&resolv, resolv_conf())?;
+        let maps = if nix::unistd::Uid::effective().is_root() {
+            None
+        } else {
+            let (uids, gids, have_ranges) = runtime::current_user_mappings();
+            if !have_ranges {
+                eprintln!(
+                    "warning: no subordinate ids for this user in /etc/subuid and /etc/subgid; files of other users in the image appear as nobody (add ranges with `usermod --add-subuids`/`--add-subgids`)"
+                );
+            }
+            Some((uids, gids))
+        };
+        let volumes = self.images.data_dir().join("volumes");
+        let files = ContainerFiles {
+            rootfs: &dir.join("rootfs"),
+            hosts: &hosts,
+            hostname: &hostname_file,
+            resolv_conf: &resolv,
+            volumes: &volumes,
+        };
+        let spec = spec::build(
+            image_config,
+            &flags.request,
+            user,
+            hostname,
+            maps.as_ref().map(|(u, g)| (u.as_slice(), g.as_slice())),
+            &files,
+        )?;
+        let _ = image;
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&spec)? + "\n",
+        )
+        .with_context(|| format!("write {}", dir.join("config.json").display()))
+    }
+
+    fn overlay(&self, id: &str) -> Result<RootfsOverlay> {
+        let row = self
+            .images
+            .db_ref()
+            .container(id)?
+            .ok_or_else(|| anyhow!("no such container: {id}"))?;
+        let image = self
+            .images
+            .db_ref()
+            .image_by_id(&row.image)?
+            .ok_or_else(|| anyhow!("the image of container {} is gone", row.name))?;
+        let dir = self.dir(id);
+        Ok(RootfsOverlay {
+            lowers: self.images.lowerdirs(&image)?,
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            driver: OverlayDriver::Kernel,
+        })
+    }
+
+    /// `rcrun run`: pulls if needed, creates, runs. Returns the exit code to use.
+    pub fn run(&mut self, image_name: &str, flags: &RunFlags) -> Result<i32> {
+        let image = match crate::progress::for_stderr() {
+            Some(display) => {
+                let found = self.images.find_or_pull(image_name, &flags.pull, &display);
+                display.finish();
+                found?
+            }
+            None => self
+                .images
+                .find_or_pull(image_name, &flags.pull, &crate::images::NoDisplay)?,
+        };
+        let id = self.create(&image, image_name, flags)?;
+        let overlay = self.overlay(&id)?;
+        if flags.detach {
+            self.start_detached(&id, overlay, flags.remove)?;
+            println!("{id}");
+            return Ok(0);
+        }
+        if !flags.interactive {
+            redirect_stdin_to_null()?;
+        }
+        let result = self.runtime.run(
+            &id,
+            &self.dir(&id),
+            &RunOptions {
+                overlay: Some(overlay),
+                ..Default::default()
+            },
+        );
+        let code = match &result {
+            Ok(code) => *code,
+            Err(e) => e.exit_code(),
+        };
+        self.finish(&id, code, flags.remove)?;
+        result.map_err(Into::into)
+    }
+
+    /// Records the exit; removes the container if it was `--rm`.
+    fn finish(&mut self, id: &str, code: i32, remove: bool) -> Result<()> {
+        if remove {
+            self.remove_files(id)?;
+            self.db().remove_container(id)
+        } else {
+            self.db().set_exit(id, code)
+        }
+    }
+
+    /// Forks the monitor, which starts the container with its output in the log and
+    /// stays to reap it; returns once the container runs (or failed to start).
+    fn start_detached(&mut self, id: &str, overlay: RootfsOverlay, remove: bool) -> Result<()> {
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
+        let log = self.dir(id).join("ctr.log");
+        self.db().suspend()?;
+        // SAFETY: rcrun is single-threaded here (the runtime checks it again).
+        let forked = unsafe { nix::unistd::fork() }.context("fork the container's monitor");
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            self.db().resume()?;
+        }
+        match forked? {
+            ForkResult::Child => {
+                drop(read_end);
+                let code = self.monitor(id, overlay, remove, &log, write_end);
+                std::process::exit(code);
+            }
+            ForkResult::Parent { .. } => {
+                drop(write_end);
+                let answer = read_all(read_end);
+                let answer = String::from_utf8_lossy(&answer);
+                if answer == "ok" {
+                    return Ok(());
+                }
+                let (code, message) = answer.split_once('\n').unwrap_or(("125", &answer));
+                let code: i32 = code.parse().unwrap_or(125);
+                self.finish(id, code, remove)?;
+                let message = if message.is_empty() {
+                    "the container's monitor died before the container started"
+                } else {
+                    message
+                };
+                Err(anyhow::Error::new(crate::Failure {
+                    code,
+                    message: message.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// The monitor: its own session, stdio on the log; starts the container, tells
+    /// the parent, reaps it (as a subreaper), records the exit.
+    fn monitor(
+        &mut self,
+        id: &str,
+        overlay: RootfsOverlay,
+        remove: bool,
+        log: &Path,
+        report: OwnedFd,
+    ) -> i32 {
+        let setup = (|| -> Result<()> {
+            if report.as_raw_fd() < 3 {
+                bail!("the monitor's report pipe is a standard descriptor");
+            }
+            nix::unistd::setsid().context("setsid")?;
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("open {}", log.display()))?;
+            let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+            for (from, to) in [
+                (null.as_raw_fd(), 0),
+                (out.as_raw_fd(), 1),
+                (out.as_raw_fd(), 2),
+            ] {
+                // SAFETY: both are open descriptors.
+                if unsafe { libc::dup2(from, to) } < 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .context("redirect the monitor's stdio");
+                }
+            }
+            drop((null, out));
+            // Whatever the caller of `run -d` left open (a CI job's pipes) must not
+            // stay open for the container's lifetime.
+            let keep = report.as_raw_fd() as u32;
+            // SAFETY: closes descriptors nothing in this process uses.
+            unsafe {
+                libc::close_range(3, keep - 1, 0);
+                libc::close_range(keep + 1, u32::MAX, 0);
+            }
+            // SAFETY: plain prctl.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            Ok(())
+        })();
+        let started = setup.and_then(|()| {
+            self.runtime
+                .run(
+                    id,
+                    &self.dir(id),
+                    &RunOptions {
+                        detach: true,
+                        overlay: Some(overlay),
+                        ..Default::default()
+                    },
+                )
+                .map_err(Into::into)
+        });
+        let mut report = std::fs::File::from(report);
+        if let Err(e) = started {
+            let _ = write!(report, "{}\n{e:#}", crate::exit_code_of(&e));
+            return 125;
+        }
+        let _ = report.write_all(b"ok");
+        drop(report);
+        let pid = match self.runtime.state(id) {
+            Ok(s) => Pid::from_raw(s.pid),
+            Err(_) => return 125,
+        };
+        let code = reap_until(pid);
+        let _ = self.runtime.delete(id, true);
+        let recorded = self.db().resume().and_then(|()| {
+            if self.db().container(id)?.is_some() {
+                self.finish(id, code, remove)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = recorded {
+            eprintln!("rcrun monitor: record the exit of {id}: {e:#}");
+        }
+        0
+    }
+
+    fn view(&self, row: ContainerRow) -> ContainerView {
+        let state = self.runtime.state(&row.id).ok();
+        let live = state.as_ref().map(|s| s.status);
+        let running = matches!(live, Some(Status::Running));
+        let status = match (live, row.exit_code) {
+            (Some(Status::Running), _) => "running".to_string(),
+            (Some(Status::Created), _) => "created".to_string(),
+            (_, Some(code)) => format!("exited ({code})"),
+            (Some(_), None) => "stopped".to_string(),
+            (None, None) => "created".to_string(),
+        };
+        ContainerView {
+            dir: self.dir(&row.id),
+            pid: state.filter(|_| running).map(|s| s.pid),
+            status,
+            running,
+            row,
+        }
+    }
+
+    pub fn list(&mut self, all: bool) -> Result<Vec<ContainerView>> {
+        let rows = self.db().containers()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| self.view(r))
+            .filter(|v| all || v.running)
+            .collect())
+    }
+
+    pub fn inspect(&mut self, key: &str) -> Result<serde_json::Value> {
+        let row = self.lookup(key)?;
+        let dir = self.dir(&row.id);
+        let spec: serde_json::Value = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let view = self.view(row);
+        let mut value = serde_json::to_value(&view)?;
+        value["spec"] = spec;
+        value["log_path"] = serde_json::json!(dir.join("ctr.log"));
+        Ok(value)
+    }
+
+    pub fn kill(&mut self, key: &str, signal: i32) -> Result<()> {
+        let row = self.lookup(key)?;
+        if !self.view(row.clone()).running {
+            bail!("container {} is not running", row.name);
+        }
+        self.runtime.kill(&row.id, signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM (or the image's StopSignal), then SIGKILL after `timeout`.
+    pub fn stop(&mut self, key: &str, timeout: Duration) -> Result<()> {
+        let row = self.lookup(key)?;
+        if !self.view(row.clone()).running {
+            return Ok(());
+        }
+        let signal = self
+            .images
+            .db_ref()
+            .image_by_id(&row.image)?
+            .and_then(|image| self.images.config(&image).ok())
+            .and_then(|c| c.config().as_ref().and_then(|c| c.stop_signal().clone()))
+            .map(|s| runtime::parse_signal(&s))
+            .transpose()?
+            .unwrap_or(libc::SIGTERM);
+        if self.runtime.kill(&row.id, signal).is_ok() && self.runtime.wait(&row.id, timeout)? {
+            return self.await_recorded(&row.id);
+        }
+        let _ = self.runtime.kill(&row.id, libc::SIGKILL);
+        self.runtime.wait(&row.id, Duration::from_secs(10))?;
+        self.await_recorded(&row.id)
+    }
+
+    /// Waits (with backoff) until whoever runs the container has recorded its exit.
+    fn await_recorded(&mut self, id: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(1);
+        while Instant::now() < deadline {
+            let gone = self.runtime.state(id).is_err();
+            let row = self.db().container(id)?;
+            if gone && row.is_none_or(|r| r.exit_code.is_some()) {
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// `rm`: a running container only with `force` (killed first).
+    pub fn remove(&mut self, key: &str, force: bool) -> Result<String> {
+        let row = self.lookup(key)?;
+        let view = self.view(row.clone());
+        if view.running && !force {
+            bail!(
+                "container {} is running: stop it first (rcrun stop {}) or use rm -f",
+                row.name,
+                row.name
+            );
+        }
+        match self.runtime.delete(&row.id, true) {
+            Ok(()) | Err(runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_files(&row.id)?;
+        self.db().remove_container(&row.id)?;
+        Ok(row.name)
+    }
+
+    fn remove_files(&self, id: &str) -> Result<()> {
+        remove_trees(
+            &format!("remove the files of container {}", short_id(id)),
+            &[self.dir(id)],
+        )
+    }
+
+    pub fn exec(&mut self, key: &str, opts: &ExecFlags) -> Result<i32> {
+        let row = self.lookup(key)?;
+        if !self.view(row.clone()).running {
+            bail!("container {} is not running", row.name);
+        }
+        let user = match &opts.user {
+            Some(u) => {
+                let image = self
+                    .images
+                    .db_ref()
+                    .image_by_id(&row.image)?
+                    .ok_or_else(|| anyhow!("the image of container {} is gone", row.name))?;
+                let r = self.resolve_user(&image, u)?;
+                Some((r.uid, Some(r.gid)))
+            }
+            None => None,
+        };
+        if !opts.interactive {
+            redirect_stdin_to_null()?;
+        }
+        Ok(self.runtime.exec(
+            &row.id,
+            &ExecOptions {
+                args: opts.command.clone(),
+                env: opts.env.clone(),
+                cwd: opts.workdir.clone(),
+                user,
+                tty: opts.tty,
+                detach: opts.detach,
+                pid_file: None,
+            },
+        )?)
+    }
+
+    /// Copies the log to `out`; with `follow`, until the container stops.
+    pub fn logs(&mut self, key: &str, follow: bool, out: &mut dyn Write) -> Result<()> {
+        let row = self.lookup(key)?;
+        let path = self.dir(&row.id).join("ctr.log");
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let copied = std::io::copy(&mut file, out)?;
+            out.flush()?;
+            if !follow {
+                return Ok(());
+            }
+            if copied > 0 {
+                pause = Duration::from_millis(1);
+                continue;
+            }
+            if !self.view(row.clone()).running {
+                std::io::copy(&mut file, out)?;
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecFlags {
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<PathBuf>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub detach: bool,
+}
+
+fn redirect_stdin_to_null() -> Result<()> {
+    let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+    // SAFETY: both are open descriptors.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("redirect stdin to /dev/null");
+    }
+    Ok(())
+}
+
+/// Reaps children (a subreaper inherits orphans) until `pid` exits; its exit code,
+/// 128+N if a signal killed it.
+fn reap_until(pid: Pid) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 125,
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! The metadata store: images (names → manifest) and containers, in one SQLite
+//! database (WAL, busy timeout), so concurrent rcrun processes never corrupt it and a
+//! container name is claimed by exactly one of them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use runtime::now_rfc3339;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use snapshots::{Digest, ImportedImage, LayerInfo};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    id       TEXT PRIMARY KEY,      -- config digest
+    manifest TEXT NOT NULL,
+    layers   TEXT NOT NULL,         -- JSON list of StoredLayer
+    size     INTEGER NOT NULL,      -- compressed bytes of the layers
+    created  TEXT NOT NULL,         -- when rcrun stored it
+    source   TEXT NOT NULL          -- what it was pulled from
+);
+CREATE TABLE IF NOT EXISTS image_names (
+    name  TEXT PRIMARY KEY,
+    image TEXT NOT NULL REFERENCES images(id)
+);
+CREATE TABLE IF NOT EXISTS containers (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    image       TEXT NOT NULL,      -- image id
+    image_name  TEXT NOT NULL,      -- as the user typed it
+    command     TEXT NOT NULL,      -- JSON argv
+    created     TEXT NOT NULL,
+    auto_remove INTEGER NOT NULL,
+    exit_code   INTEGER,
+    finished    TEXT
+);
+";
+
+/// A layer as the database keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredLayer {
+    pub digest: String,
+    pub size: u64,
+    pub compression: String,
+    pub diff_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub id: String,
+    pub manifest: String,
+    pub layers: Vec<StoredLayer>,
+    pub size: u64,
+    pub created: String,
+    pub source: String,
+    pub names: Vec<String>,
+}
+
+impl ImageRow {
+    pub fn diff_ids(&self) -> Result<Vec<Digest>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.diff_id
+                    .parse()
+                    .with_context(|| format!("image {} in the database", self.id))
+            })
+            .collect()
+    }
+
+    pub fn chain_ids(&self) -> Result<Vec<Digest>> {
+        Ok(snapshots::chain_ids(&self.diff_ids()?))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerRow {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_name: String,
+    pub command: Vec<String>,
+    pub created: String,
+    pub auto_remove: bool,
+    pub exit_code: Option<i32>,
+    pub finished: Option<String>,
+}
+
+pub struct Db {
+    conn: Connection,
+    path: std::path::PathBuf,
+}
+
+fn layer_to_stored(l: &LayerInfo) -> StoredLayer {
+    StoredLayer {
+        digest: l.digest.to_string(),
+        size: l.size,
+        compression: format!("{:?}", l.compression).to_lowercase(),
+        diff_id: l.diff_id.to_string(),
+    }
+}
+
+impl Db {
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("create {}", data_dir.display()))?;
+        let path = data_dir.join("rcrun.db");
+        let conn =
+            Connection::open(&path).with_context(|| format!("open database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("enable WAL on {}", path.display()))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("create the schema of {}", path.display()))?;
+        Ok(Db { conn, path })
+    }
+
+    /// Closes the database before a fork: SQLite's per-process lock state must not
+    /// be inherited. Until [`Db::resume`], queries see an empty in-memory database.
+    pub fn suspend(&mut self) -> Result<()> {
+        let memory = Connection::open_in_memory()?;
+        drop(std::mem::replace(&mut self.conn, memory));
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        *self = Db::open(dir)?;
+        Ok(())
+    }
+
+    /// Records an image and points `name` (if any) at it, moving the name off any
+    /// image that had it.
+    pub fn put_image(
+        &mut self,
+        image: &ImportedImage,
+        name: Option<&str>,
+        source: &str,
+    ) -> Result<()> {
+        let layers: Vec<StoredLayer> = image.layers.iter().map(layer_to_stored).collect();
+        let size: u64 = image.layers.iter().map(|l| l.size).sum();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO images (id, manifest, layers, size, created, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest, source = excluded.source",
+            params![
+                image.config.to_string(),
+                image.manifest.to_string(),
+                serde_json::to_string(&layers)?,
+                size as i64,
+                now_rfc3339(),
+                source
+            ],
+        )?;
+        if let Some(name) = name {
+            tx.execute(
+                "INSERT INTO image_names (name, image) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET image = excluded.image",
+                params![name, image.config.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn image_from_row(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+        let layers: String = row.get(2)?;
+        Ok(ImageRow {
+            id: row.get(0)?,
+            manifest: row.get(1)?,
+            layers: serde_json::from_str(&layers).unwrap_or_default(),
+            size: row.get::<_, i64>(3)? as u64,
+            created: row.get(4)?,
+            source: row.get(5)?,
+            names: Vec::new(),
+        })
+    }
+
+    fn with_names(&self, mut image: ImageRow) -> Result<ImageRow> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM image_names WHERE image = ?1 ORDER BY name")?;
+        image.names = stmt
+            .query_map([&image.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(image)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, manifest, layers, size, created, source FROM images ORDER BY created DESC",
+        )?;
+        let rows: Vec<ImageRow> = stmt
+            .query_map([], |r| self.image_from_row(r))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter().map(|r| self.with_names(r)).collect()
+    }
+
+    pub fn image_by_name(&self, name: &str) -> Result<Option<ImageRow>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT i.id, i.manifest, i.layers, i.size, i.created, i.source
+                 FROM images i JOIN image_names n ON n.image = i.id WHERE n.name = ?1",
+                [name],
+                |r| self.image_from_row(r),
+            )
+            .optional()?;
+        row.map(|r| self.with_names(r)).transpose()
+    }
+
+    /// An image by full id, or by an unambiguous id prefix (`sha256:` optional).
+    pub fn image_by_id(&self, prefix: &str) -> Result<Option<ImageRow>> {
+        let hex = prefix.strip_prefix("sha256:").unwrap_or(prefix);
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT id, manifest, layers, size, created, source FROM images WHERE id LIKE ?1",
+        )?;
+        let rows: Vec<ImageRow> = stmt
+            .query_map([format!("sha256:{}%", hex.to_lowercase())], |r| {
+                self.image_from_row(r)
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(Some(self.with_names(rows.into_iter().next().unwrap())?)),
+            n => {
+                bail!("image id prefix {prefix} is ambiguous ({n} images match); give more digits")
+            }
+        }
+    }
+
+    /// Names that end in `/short` (for short-name lookup of local images).
+    pub fn names_ending_with(&self, short: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT name FROM image_names")?;
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let suffix = format!("/{short}");
+        Ok(names.into_iter().filter(|n| n.ends_with(&suffix)).collect())
+    }
+
+    /// Drops `name`; the image itself stays until it has no name (then it goes too,
+    /// unless a container uses it). Returns the image id the name pointed at.
+    pub fn untag(&mut self, name: &str) -> Result<Option<String>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: Option<String> = tx
+            .query_row(
+                "SELECT image FROM image_names WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if id.is_some() {
+            tx.execute("DELETE FROM image_names WHERE name = ?1", [name])?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Deletes an image and its names unless a container uses it; returns the
+    /// names of the containers that do.
+    pub fn remove_image(&mut self, id: &str, force: bool) -> Result<Vec<String>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let users: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT name FROM containers WHERE image = ?1")?;
+            stmt.query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if !users.is_empty() && !force {
+            return Ok(users);
+        }
+        tx.execute("DELETE FROM image_names WHERE image = ?1", [id])?;
+        if users.is_empty() {
+            tx.execute("DELETE FROM images WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(users)
+    }
+
+    /// Images with no name and no container.
+    pub fn dangling_images(&self, all_unused: bool) -> Result<Vec<String>> {
+        let sql = if all_unused {
+            "SELECT id FROM images WHERE id NOT IN (SELECT image FROM containers)"
+        } else {
+            "SELECT id FROM images WHERE id NOT IN (SELECT image FROM image_names)
+             AND id NOT IN (SELECT image FROM containers)"
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        Ok(stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Claims a container name: fails if another container has it.
+    pub fn insert_container(&mut self, c: &ContainerRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO containers (id, name, image, image_name, command, created, auto_remove)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                c.id,
+                c.name,
+                c.image,
+                c.image_name,
+                serde_json::to_string(&c.command)?,
+                c.created,
+                c.auto_remove
+            ],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let holder = self.container(&c.name)?.map(|h| h.id).unwrap_or_default();
+                bail!(
+                    "the container name {:?} is already in use by container {}: remove that container (rcrun rm {}) or choose another name",
+                    c.name,
+                    short_id(&holder),
+                    c.name
+                )
+            }
+            Err(e) => Err(e).context("record the container"),
+        }
+    }
+
+    fn container_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
+        let command: String = row.get(4)?;
+        Ok(ContainerRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            image: row.get(2)?,
+            image_name: row.get(3)?,
+            command: serde_json::from_str(&command).unwrap_or_default(),
+            created: row.get(5)?,
+            auto_remove: row.get(6)?,
+            exit_code: row.get(7)?,
+            finished: row.get(8)?,
+        })
+    }
+
+    const CONTAINER_COLUMNS: &str =
+        "id, name, image, image_name, command, created, auto_remove, exit_code, finished";
+
+    /// A container by name, full id or unambiguous id prefix.
+    pub fn container(&self, key: &str) -> Result<Option<ContainerRow>> {
+        let by_name = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM containers WHERE name = ?1 OR id = ?1",
+                    Self::CONTAINER_COLUMNS
+                ),
+                [key],
+                Self::container_from_row,
+            )
+            .optional()?;
+        if by_name.is_some() || key.len() < 3 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(by_name);
+        }
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM containers WHERE id LIKE ?1",
+            Self::CONTAINER_COLUMNS
+        ))?;
+        let rows: Vec<ContainerRow> = stmt
+            .query_map([format!("{key}%")], Self::container_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(rows.into_iter().next()),
+            n => bail!(
+                "container id prefix {key} is ambiguous ({n} containers match); give more digits"
+            ),
+        }
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM containers ORDER BY created DESC",
+            Self::CONTAINER_COLUMNS
+        ))?;
+        Ok(stmt
+            .query_map([], Self::container_from_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_exit(&mut self, id: &str, code: i32) -> Result<()> {
+        self.conn.execute(
+            "UPDATE containers SET exit_code = ?2, finished = ?3 WHERE id = ?1",
+            params![id, code, now_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    /// Clears a previous run's exit (a restarted container).
+    pub fn remove_container(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM containers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+pub fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshots::Compression;
+
+    fn image(n: u8) -> ImportedImage {
+        let d = |s: &str| Digest::of(format!("{s}{n}").as_bytes());
+        ImportedImage {
+            manifest: d("manifest"),
+            config: d("config"),
+            layers: vec![LayerInfo {
+                digest: d("layer"),
+                size: 10,
+                compression: Compression::Gzip,
+                diff_id: d("diff"),
+            }],
+        }
+    }
+
+    fn container(id: &str, name: &str, image: &str) -> ContainerRow {
+        ContainerRow {
+            id: id.into(),
+            name: name.into(),
+            image: image.into(),
+            image_name: "x".into(),
+            command: vec!["sh".into()],
+            created: now_rfc3339(),
+            auto_remove: false,
+            exit_code: None,
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn a_name_moves_to_the_newer_image_and_the_old_one_dangles() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
+        db.put_image(&image(1), Some("localhost/a:1"), "test")
+            .unwrap();
+        db.put_image(&image(2), Some("localhost/a:1"), "test")
+            .unwrap();
+        let found = db.image_by_name("localhost/a:1").unwrap().unwrap();
+        assert_eq!(found.id, image(2).config.to_string());
+        assert_eq!(found.names, vec!["localhost/a:1".to_string()]);
+        assert_eq!(
+            db.dangling_images(false).unwrap(),
+            vec![image(1).config.to_string()]
+        );
+        assert_eq!(found.layers[0].compression, "gzip");
+    }
+
+    #[test]
+    fn container_names_are_unique_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Db::open(dir.path()).unwrap();
+        let mut b = Db::open(dir.path()).unwrap();
+        a.insert_container(&container("aaaa1111", "web", "img"))
+            .unwrap();
+        let err = b
+            .insert_container(&container("bbbb2222", "web", "img"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already in use by container aaaa1111"),
+            "{err}"
+        );
+        assert_eq!(b.container("aaaa").unwrap().unwrap().name, "web");
+    }
+
+    #[test]
+    fn an_image_in_use_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
+        let id = image(1).config.to_string();
+        db.put_image(&image(1), Some("localhost/a:1"), "test")
+            .unwrap();
+        db.insert_container(&container("c1", "one", &id)).unwrap();
+        assert_eq!(db.remove_image(&id, false).unwrap(), vec!["one"]);
+        assert!(db.image_by_id(&id).unwrap().is_some());
+        db.remove_container("c1").unwrap();
+        assert!(db.remove_image(&id, false).unwrap().is_empty());
+        assert!(db.image_by_id(&id).unwrap().is_none());
+    }
+}

@@ -1,0 +1,507 @@
+//! The runtime spec of a container made from an image: the image config (Entrypoint,
+//! Cmd, Env, User, WorkingDir) with docker's `run` flags on top.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::image::Config as ImageConfig;
+use oci_spec::runtime::{LinuxIdMapping, Spec};
+use serde_json::{Value, json};
+
+/// What `rcrun run` was asked for, beside the image.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub command: Vec<String>,
+    pub entrypoint: Option<String>,
+    pub env: Vec<String>,
+    pub env_files: Vec<PathBuf>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub volumes: Vec<String>,
+    pub tmpfs: Vec<String>,
+    pub read_only: bool,
+    pub hostname: Option<String>,
+    pub tty: bool,
+    /// Share the host's network namespace (`--network host`).
+    pub host_network: bool,
+}
+
+/// Where a container's generated files live on the host.
+pub struct ContainerFiles<'a> {
+    pub rootfs: &'a Path,
+    pub hosts: &'a Path,
+    pub hostname: &'a Path,
+    pub resolv_conf: &'a Path,
+    /// `<data>/volumes`, for named volumes.
+    pub volumes: &'a Path,
+}
+
+/// A resolved `--user` / image User.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub home: String,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set.
+const DOCKER_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Resolves `user[:group]` (names or numbers) against the image's passwd and group
+/// files, as docker does: a numeric uid missing from passwd runs with gid 0.
+pub fn resolve_user(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ResolvedUser> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let passwd_entries: Vec<Vec<&str>> = passwd
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 7)
+        .collect();
+    let group_entries: Vec<Vec<&str>> = group
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .collect();
+    let entry = passwd_entries.iter().find(|f| {
+        f[0] == user
+            || (user.parse::<u32>().is_ok() && f[2].parse::<u32>().ok() == user.parse().ok())
+    });
+    let (uid, mut gid, name, home) = match (entry, user.parse::<u32>()) {
+        (Some(f), _) => (
+            f[2].parse::<u32>()
+                .with_context(|| format!("the image's /etc/passwd has a bad uid for {}", f[0]))?,
+            f[3].parse::<u32>()
+                .with_context(|| format!("the image's /etc/passwd has a bad gid for {}", f[0]))?,
+            Some(f[0]),
+            f[5].to_string(),
+        ),
+        (None, Ok(uid)) => (uid, 0, None, "/".to_string()),
+        (None, Err(_)) => bail!(
+            "unable to find user {user}: no matching entries in the image's /etc/passwd; use a uid or a user the image has"
+        ),
+    };
+    if let Some(g) = grp {
+        gid = match group_entries.iter().find(|f| f[0] == g) {
+            Some(f) => f[2]
+                .parse()
+                .with_context(|| format!("the image's /etc/group has a bad gid for {g}"))?,
+            None => g.parse().with_context(|| {
+                format!("unable to find group {g}: no matching entries in the image's /etc/group")
+            })?,
+        };
+    }
+    let mut additional_gids = Vec::new();
+    if let (Some(name), None) = (name, grp) {
+        for f in &group_entries {
+            if f[3].split(',').any(|m| m == name)
+                && let Ok(g) = f[2].parse::<u32>()
+                && g != gid
+                && !additional_gids.contains(&g)
+            {
+                additional_gids.push(g);
+            }
+        }
+    }
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home,
+    })
+}
+
+/// `KEY=VALUE` lines of an env file; `KEY` alone takes the value from rcrun's env.
+fn read_env_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--env-file {}: cannot read it", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(
+            expand_env(line)
+                .with_context(|| format!("--env-file {} line {}", path.display(), n + 1))?,
+        );
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// `K=V` as is; `K` from rcrun's own environment (dropped when unset).
+fn expand_env(item: &str) -> Result<Option<String>> {
+    let key = item.split('=').next().unwrap_or_default();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        bail!("{item:?} is not KEY=VALUE");
+    }
+    if item.contains('=') {
+        return Ok(Some(item.to_string()));
+    }
+    Ok(std::env::var(key).ok().map(|v| format!("{key}={v}")))
+}
+
+/// Sets `item` (K=V) in `env`, replacing an earlier K.
+fn set_env(env: &mut Vec<String>, item: String) {
+    let key = item.split('=').next().unwrap_or_default().to_string();
+    env.retain(|e| e.split('=').next() != Some(key.as_str()));
+    env.push(item);
+}
+
+/// An absolute container path without `..`.
+fn container_path(flag: &str, path: &str) -> Result<String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        bail!("{flag} {path:?}: the container path must be absolute");
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        bail!("{flag} {path:?}: the container path must not contain '..'");
+    }
+    Ok(path.to_string())
+}
+
+/// A hostname (RFC 1123 labels), before it reaches /etc/hosts.
+pub fn validate_hostname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !ok {
+        bail!("invalid hostname {name:?}: use letters, digits and '-' in dot-separated labels");
+    }
+    Ok(())
+}
+
+/// docker's rule for container and volume names, checked before a name reaches a
+/// file, a hosts line or a shell.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!(
+            "invalid {kind} name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 128)"
+        );
+    }
+    Ok(())
+}
+
+/// `-v SOURCE:DEST[:OPTS]`: a host path (absolute) or a named volume.
+fn volume_mount(spec: &str, volumes: &Path) -> Result<Value> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, dest, opts) = match parts.as_slice() {
+        [s, d] => (*s, *d, ""),
+        [s, d, o] => (*s, *d, *o),
+        _ => bail!("-v {spec:?}: expected SOURCE:DEST[:ro|rw]"),
+    };
+    let dest = container_path("-v", dest)?;
+    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" | "rw" => options.push(o.to_string()),
+            "z" | "Z" => {} // SELinux relabelling: nothing to do without SELinux
+            other => bail!("-v {spec:?}: unknown option {other:?} (use ro or rw)"),
+        }
+    }
+    let source = if source.starts_with('/') {
+        let path = PathBuf::from(source);
+        if !path.exists() {
+            bail!("-v {spec:?}: the host path {source} does not exist; create it first");
+        }
+        path
+    } else {
+        validate_name("volume", source)?;
+        let dir = volumes.join(source).join("_data");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create volume {source} at {}", dir.display()))?;
+        dir
+    };
+    Ok(json!({"destination": dest, "type": "bind", "source": source, "options": options}))
+}
+
+/// `--tmpfs DEST[:OPTS]`.
+fn tmpfs_mount(spec: &str) -> Result<Value> {
+    let (dest, opts) = spec.split_once(':').unwrap_or((spec, ""));
+    let dest = container_path("--tmpfs", dest)?;
+    let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+    options.extend(
+        opts.split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_string),
+    );
+    Ok(json!({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options}))
+}
+
+/// The argv: `--entrypoint` replaces the image's and drops its Cmd; a command
+/// after the image replaces Cmd.
+pub fn command_line(config: Option<&ImageConfig>, req: &RunRequest) -> Result<Vec<String>> {
+    let image_entrypoint = config
+        .and_then(|c| c.entrypoint().clone())
+        .unwrap_or_default();
+    let image_cmd = config.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let mut args = match &req.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => image_entrypoint,
+    };
+    if !req.command.is_empty() {
+        args.extend(req.command.iter().cloned());
+    } else if req.entrypoint.is_none() {
+        args.extend(image_cmd);
+    }
+    if args.is_empty() {
+        bail!(
+            "no command to run: the image has no Entrypoint or Cmd; give one after the image name"
+        );
+    }
+    Ok(args)
+}
+
+/// Builds the spec of a container.
+pub fn build(
+    config: Option<&ImageConfig>,
+    req: &RunRequest,
+    user: &ResolvedUser,
+    hostname: &str,
+    maps: Option<(&[LinuxIdMapping], &[LinuxIdMapping])>,
+    files: &ContainerFiles<'_>,
+) -> Result<Spec> {
+    let args = command_line(config, req)?;
+    let mut env: Vec<String> = Vec::new();
+    set_env(&mut env, DEFAULT_PATH.to_string());
+    set_env(&mut env, format!("HOSTNAME={hostname}"));
+    for e in config.and_then(|c| c.env().clone()).unwrap_or_default() {
+        set_env(&mut env, e);
+    }
+    for file in &req.env_files {
+        for e in read_env_file(file)? {
+            set_env(&mut env, e);
+        }
+    }
+    for e in &req.env {
+        if let Some(e) = expand_env(e).with_context(|| format!("-e {e:?}"))? {
+            set_env(&mut env, e);
+        }
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let cwd = match (&req.workdir, config.and_then(|c| c.working_dir().clone())) {
+        (Some(w), _) => container_path("-w", w)?,
+        (None, Some(w)) if !w.is_empty() => w,
+        _ => "/".to_string(),
+    };
+
+    let mut spec = serde_json::to_value(runtime::default_spec(maps))?;
+    spec["root"] = json!({"path": files.rootfs, "readonly": req.read_only});
+    spec["hostname"] = json!(hostname);
+    let process = &mut spec["process"];
+    process["terminal"] = json!(req.tty);
+    process["args"] = json!(args);
+    process["env"] = json!(env);
+    process["cwd"] = json!(cwd);
+    process["user"] = json!({
+        "uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids,
+    });
+    process["capabilities"] = json!({
+        "bounding": DOCKER_CAPS, "effective": DOCKER_CAPS, "permitted": DOCKER_CAPS,
+    });
+    // Like docker: the container inherits rcrun's limits, and setuid entrypoints
+    // (gosu, su-exec) keep working.
+    process.as_object_mut().map(|p| p.remove("rlimits"));
+    process["noNewPrivileges"] = json!(false);
+    let mounts = spec["mounts"]
+        .as_array_mut()
+        .expect("the default spec has mounts");
+    for (dest, source) in [
+        ("/etc/hosts", files.hosts),
+        ("/etc/hostname", files.hostname),
+        ("/etc/resolv.conf", files.resolv_conf),
+    ] {
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": source,
+                           "options": ["rbind", "rprivate"]}),
+        );
+    }
+    for v in &req.volumes {
+        mounts.push(volume_mount(v, files.volumes)?);
+    }
+    for t in &req.tmpfs {
+        mounts.push(tmpfs_mount(t)?);
+    }
+    if req.host_network
+        && let Some(ns) = spec["linux"]["namespaces"].as_array_mut()
+    {
+        ns.retain(|n| n["type"] != "network");
+    }
+    serde_json::from_value(spec).context("build the container's spec")
+}
+
+/// The contents of a container's /etc/hosts.
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\nredis:x:100:101:Redis:/var/lib/redis:/usr/sbin/nologin\n";
+    const GROUP: &str = "root:x:0:\nredis:x:101:\nadm:x:4:redis,other\n";
+
+    #[test]
+    fn users_resolve_by_name_and_number() {
+        let r = resolve_user("redis", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!(
+            r,
+            ResolvedUser {
+                uid: 100,
+                gid: 101,
+                additional_gids: vec![4],
+                home: "/var/lib/redis".into()
+            }
+        );
+        let r = resolve_user("100:adm", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.uid, r.gid, r.additional_gids.len()), (100, 4, 0));
+        let r = resolve_user("4242", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.uid, r.gid, r.home.as_str()), (4242, 0, "/"));
+        let r = resolve_user("", None, None).unwrap();
+        assert_eq!((r.uid, r.gid), (0, 0));
+        let err = resolve_user("nobody", Some(PASSWD), Some(GROUP)).unwrap_err();
+        assert!(
+            err.to_string().contains("unable to find user nobody"),
+            "{err}"
+        );
+        let err = resolve_user("redis:wheel", Some(PASSWD), Some(GROUP)).unwrap_err();
+        assert!(
+            err.to_string().contains("unable to find group wheel"),
+            "{err}"
+        );
+    }
+
+    fn config(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        serde_json::from_value(json!({
+            "Entrypoint": if entrypoint.is_empty() { Value::Null } else { json!(entrypoint) },
+            "Cmd": if cmd.is_empty() { Value::Null } else { json!(cmd) },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_combine_as_in_docker() {
+        let c = config(&["/entry.sh"], &["redis-server"]);
+        let req = |cmd: &[&str], ep: Option<&str>| RunRequest {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            entrypoint: ep.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            command_line(Some(&c), &req(&[], None)).unwrap(),
+            ["/entry.sh", "redis-server"]
+        );
+        assert_eq!(
+            command_line(Some(&c), &req(&["sh"], None)).unwrap(),
+            ["/entry.sh", "sh"]
+        );
+        assert_eq!(
+            command_line(Some(&c), &req(&[], Some("id"))).unwrap(),
+            ["id"]
+        );
+        assert_eq!(
+            command_line(Some(&c), &req(&["-u"], Some("id"))).unwrap(),
+            ["id", "-u"]
+        );
+        assert_eq!(
+            command_line(Some(&c), &req(&["ls"], Some(""))).unwrap(),
+            ["ls"]
+        );
+        let err = command_line(Some(&config(&[], &[])), &req(&[], None)).unwrap_err();
+        assert!(err.to_string().contains("no command to run"), "{err}");
+    }
+
+    #[test]
+    fn bad_mounts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (spec, expect) in [
+            ("/nonexistent-rcrun-test:/data", "does not exist"),
+            ("/tmp:data", "must be absolute"),
+            ("/tmp:/a/../etc", "must not contain '..'"),
+            ("/tmp:/data:rx", "unknown option"),
+            ("../x:/data", "invalid volume name"),
+            ("a:b:c:d", "expected SOURCE:DEST"),
+        ] {
+            let err = volume_mount(spec, dir.path()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{spec}: {err}");
+        }
+        let ok = volume_mount("cache:/var/cache:ro", dir.path()).unwrap();
+        assert_eq!(ok["destination"], "/var/cache");
+        assert!(dir.path().join("cache/_data").is_dir());
+        assert!(tmpfs_mount("tmp").is_err());
+    }
+
+    #[test]
+    fn env_layers_image_then_files_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env");
+        std::fs::write(&file, "# comment\nA=from-file\nB=file\n\n").unwrap();
+        let c: ImageConfig =
+            serde_json::from_value(json!({"Env": ["A=image", "PATH=/image/bin"], "Cmd": ["sh"]}))
+                .unwrap();
+        let req = RunRequest {
+            env: vec!["B=flag".into()],
+            env_files: vec![file],
+            ..Default::default()
+        };
+        let files = ContainerFiles {
+            rootfs: Path::new("/r"),
+            hosts: Path::new("/h"),
+            hostname: Path::new("/hn"),
+            resolv_conf: Path::new("/rc"),
+            volumes: dir.path(),
+        };
+        let user = resolve_user("", None, None).unwrap();
+        let spec = build(Some(&c), &req, &user, "box", None, &files).unwrap();
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&"A=from-file".to_string()), "{env:?}");
+        assert!(env.contains(&"B=flag".to_string()), "{env:?}");
+        assert!(env.contains(&"PATH=/image/bin".to_string()), "{env:?}");
+        assert!(env.contains(&"HOSTNAME=box".to_string()), "{env:?}");
+        assert!(env.contains(&"HOME=/".to_string()), "{env:?}");
+        assert!(!spec.root().as_ref().unwrap().readonly().unwrap_or(false));
+    }
+}

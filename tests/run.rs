@@ -1,0 +1,431 @@
+//! `rcrun pull/images/run/ps/logs/stop/kill/rm/exec/inspect/rmi/gc` on real images
+//! (scripts/fixtures builds them from Debian packages), each test with its own data
+//! directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+use common::fixture;
+
+/// A data directory of its own, removed (inside the user namespace) at the end.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in self.ps(true) {
+            self.rcrun(&["rm", "-f", c["id"].as_str().unwrap()]);
+        }
+        let _ = rcrun::images::remove_trees("clean up", &[self.data()]);
+    }
+}
+
+impl Env {
+    fn new() -> Self {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(env.data()).unwrap();
+        env
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(common::rcrun());
+        c.env("RCRUN_DATA_DIR", self.data()).args(args);
+        c
+    }
+
+    fn rcrun(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and insists on success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.rcrun(args);
+        assert!(
+            out.status.success(),
+            "rcrun {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and insists on exit code 125 with `needle` in the error.
+    fn fails(&self, args: &[&str], needle: &str) {
+        let out = self.rcrun(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "rcrun {args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "rcrun {args:?}: {stderr:?} lacks {needle:?}"
+        );
+    }
+
+    /// Imports a fixture layout under `localhost/<name>:<tag>`.
+    fn pull_fixture(&self, name: &str, tag: &str) {
+        let link = self.dir.path().join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(fixture(name), &link).unwrap();
+        }
+        self.ok(&["pull", &format!("oci:{}:{tag}", link.display())]);
+    }
+
+    fn ps(&self, all: bool) -> Vec<Value> {
+        let mut args = vec!["ps", "--format", "json"];
+        if all {
+            args.push("-a");
+        }
+        let out = self.rcrun(&args);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    fn images(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["images", "--format", "json"])).unwrap()
+    }
+
+    fn entries(&self, sub: &str) -> Vec<String> {
+        std::fs::read_dir(self.data().join(sub))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn busybox_runs_with_exit_codes_and_rm_leaves_nothing() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    let images = env.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["names"][0], "localhost/busybox:1.35");
+
+    assert_eq!(
+        env.ok(&["run", "--rm", "busybox:1.35", "echo", "hi"]),
+        "hi\n"
+    );
+    let out = env.rcrun(&["run", "--rm", "busybox:1.35", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = env.rcrun(&["run", "--rm", "busybox:1.35", "no-such-program"]);
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(env.ps(true).is_empty(), "--rm left {:?}", env.ps(true));
+    assert!(env.entries("containers").is_empty());
+}
+
+#[test]
+fn flags_shape_the_process_and_writes_stay_in_the_container() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let envfile = env.dir.path().join("envfile");
+    std::fs::write(&envfile, "FROM_FILE=yes\n").unwrap();
+    let volume = format!("{}:/data", shared.path().display());
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hello",
+        "--env-file",
+        envfile.to_str().unwrap(),
+        "-w",
+        "/tmp/work",
+        "-u",
+        "1000:1000",
+        "-v",
+        &volume,
+        "--hostname",
+        "box",
+        "busybox:1.35",
+        "sh",
+        "-c",
+        "echo $GREETING $FROM_FILE; pwd; id -u; id -g; hostname; echo written > /data/out",
+    ]);
+    assert_eq!(out, "hello yes\n/tmp/work\n1000\n1000\nbox\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("out")).unwrap(),
+        "written\n"
+    );
+
+    // The rootfs is per container: a write is not seen by the next one.
+    env.ok(&[
+        "run",
+        "--name",
+        "writer",
+        "busybox:1.35",
+        "sh",
+        "-c",
+        "echo x > /bin/marker",
+    ]);
+    let out = env.rcrun(&["run", "--rm", "busybox:1.35", "cat", "/bin/marker"]);
+    assert_eq!(out.status.code(), Some(1), "a write leaked into the image");
+    let out = env.rcrun(&["run", "--rm", "--read-only", "busybox:1.35", "touch", "/x"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "--read-only rootfs was writable"
+    );
+    let writer = env.ps(true);
+    assert_eq!(writer.len(), 1);
+    assert_eq!(writer[0]["status"], "exited (0)");
+    assert_eq!(writer[0]["exit_code"], 0);
+}
+
+#[test]
+fn redis_runs_as_its_user_with_its_entrypoint() {
+    let env = Env::new();
+    env.pull_fixture("redis", "7.0");
+    let version = env.ok(&["run", "--rm", "redis:7.0", "--version"]);
+    assert!(version.starts_with("Redis server v=7.0"), "{version}");
+    let id = env.ok(&["run", "--rm", "--entrypoint", "id", "redis:7.0"]);
+    assert!(id.starts_with("uid=100(redis) gid=101(redis)"), "{id}");
+    let owner = env.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "stat",
+        "redis:7.0",
+        "-c",
+        "%U:%G",
+        "/var/lib/redis",
+    ]);
+    assert_eq!(owner, "redis:redis\n");
+}
+
+#[test]
+fn detached_containers_log_exec_stop_and_remove() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "busybox:1.35",
+        "sh",
+        "-c",
+        "echo started; exec sleep 1000",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+    let running = env.ps(false);
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0]["name"], "srv");
+    assert_eq!(running[0]["status"], "running");
+
+    assert!(
+        common::wait_until(WAIT, || {
+            stdout_of(&env.rcrun(&["logs", "srv"])).contains("started")
+        }),
+        "the log never showed the output"
+    );
+    assert_eq!(
+        env.ok(&["exec", "srv", "cat", "/etc/hostname"]),
+        format!("{}\n", &id[..12])
+    );
+    let out = env.rcrun(&["exec", "srv", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // A second container cannot take the name; the first is untouched.
+    env.fails(
+        &["run", "-d", "--name", "srv", "busybox:1.35", "true"],
+        "already in use",
+    );
+    assert_eq!(env.ps(true).len(), 1);
+
+    env.fails(&["rm", "srv"], "is running");
+    // sleep as pid 1 ignores SIGTERM: stop falls back to SIGKILL.
+    env.ok(&["stop", "-t", "1", "srv"]);
+    let all = env.ps(true);
+    assert_eq!(all[0]["status"], "exited (137)", "{all:?}");
+    let inspect: Value = serde_json::from_str(&env.ok(&["inspect", "srv"])).unwrap();
+    assert_eq!(inspect[0]["exit_code"], 137);
+    assert_eq!(inspect[0]["running"], false);
+    env.ok(&["rm", "srv"]);
+    assert!(env.ps(true).is_empty());
+    assert!(env.entries("containers").is_empty());
+}
+
+#[test]
+fn rm_force_kills_a_running_container() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "busybox:1.35",
+        "sleep",
+        "1000",
+    ]);
+    let pid = env.ps(false)[0]["pid"].as_i64().expect("a running pid");
+    env.ok(&["rm", "-f", "busy"]);
+    assert!(env.ps(true).is_empty());
+    assert!(env.entries("containers").is_empty());
+    assert!(
+        common::wait_until(WAIT, || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        }),
+        "the container's process outlived rm -f"
+    );
+}
+
+#[test]
+fn detached_rm_removes_itself_on_exit() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    env.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "brief",
+        "busybox:1.35",
+        "true",
+    ]);
+    assert!(
+        common::wait_until(WAIT, || {
+            env.ps(true).is_empty() && env.entries("containers").is_empty()
+        }),
+        "the --rm container did not remove itself"
+    );
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let env = Env::new();
+    env.fails(
+        &["run", "--rm", "oci:/nonexistent/layout:1", "true"],
+        "nonexistent",
+    );
+    env.fails(&["run", "--rm", "localhost/never-pulled:1"], "");
+    env.pull_fixture("busybox", "1.35");
+    env.fails(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "/no/such/dir:/data",
+            "busybox:1.35",
+            "true",
+        ],
+        "does not exist",
+    );
+    env.fails(
+        &["run", "--rm", "--name", "bad/name", "busybox:1.35", "true"],
+        "invalid container name",
+    );
+    env.fails(
+        &["run", "--rm", "-u", "nobody-here", "busybox:1.35", "true"],
+        "unable to find user",
+    );
+    env.fails(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "bridge0",
+            "busybox:1.35",
+            "true",
+        ],
+        "unknown network",
+    );
+    env.fails(&["logs", "no-such-container"], "no such container");
+    env.fails(&["rmi", "localhost/never-pulled:1"], "no such image");
+    assert!(env.ps(true).is_empty(), "a failed run left a container");
+    assert!(env.entries("containers").is_empty());
+}
+
+#[test]
+fn rmi_gc_and_shared_layers() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    env.pull_fixture("redis", "7.0");
+    env.ok(&["run", "--name", "keep", "busybox:1.35", "true"]);
+    env.fails(&["rmi", "busybox:1.35"], "in use by container(s) keep");
+    env.ok(&["rm", "keep"]);
+    let out = env.ok(&["rmi", "busybox:1.35"]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert_eq!(env.images().len(), 1);
+    // The redis image is intact and still runs after gc.
+    env.ok(&["gc"]);
+    assert!(
+        env.ok(&["run", "--rm", "redis:7.0", "--version"])
+            .contains("v=7.0")
+    );
+    env.ok(&["rmi", "redis:7.0"]);
+    assert!(
+        env.entries("snapshots").is_empty(),
+        "{:?}",
+        env.entries("snapshots")
+    );
+    assert!(env.entries("blobs/sha256").is_empty());
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_both_succeed() {
+    let env = Env::new();
+    let link = env.dir.path().join("redis");
+    std::os::unix::fs::symlink(fixture("redis"), &link).unwrap();
+    let reference = format!("oci:{}:7.0", link.display());
+    let children: Vec<_> = (0..2)
+        .map(|_| env.cmd(&["pull", &reference]).spawn().unwrap())
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+    }
+    let images = env.images();
+    assert_eq!(images.len(), 1);
+    let layers = images[0]["layers"].as_array().unwrap().len();
+    assert_eq!(
+        env.entries("snapshots").len(),
+        layers,
+        "{:?}",
+        env.entries("snapshots")
+    );
+    assert_eq!(
+        env.ok(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "cat",
+            "redis:7.0",
+            "/etc/hostname"
+        ])
+        .len(),
+        13
+    );
+}
