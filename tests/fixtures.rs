@@ -58,3 +58,35 @@ fn busybox_fixture_imports_and_unpacks() {
         Path::new("/bin/busybox")
     );
 }
+
+#[test]
+fn layers_fixture_copied_without_overlay_matches_the_expected_tree() {
+    let layout = fixture("layers");
+    let expected = std::fs::read_to_string(repo().join("fixtures/layers-expected.txt")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let images = Images::open(data.path()).unwrap();
+    let image = import_layout(images.content(), &layout, Some("zstd"), &Platform::host()).unwrap();
+    images.unpack(&image).unwrap();
+    let lowers = images.snapshots().lowerdirs(&image.chain_ids()).unwrap();
+    let flat = data.path().join("flat");
+    let listing = data.path().join("flat.txt");
+    let script = repo().join("fixtures/tree-list.py");
+    std::fs::create_dir(&flat).unwrap();
+    // The copy fallback of `rcrun run`, and the listing, inside the user namespace
+    // where the image's owners are real.
+    runtime::run_in_user_namespace("flatten the layers image", || {
+        snapshots::flatten(&lowers, &flat).map_err(|e| e.to_string())?;
+        let listed = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&flat)
+            .args(["data", "opaque", "etc/motd"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !listed.status.success() {
+            return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
+        }
+        std::fs::write(&listing, listed.stdout).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&listing).unwrap(), expected);
+}

@@ -26,6 +26,7 @@ mod apply;
 mod archive;
 mod digest;
 mod error;
+mod flatten;
 mod image;
 mod layer;
 mod layout;
@@ -39,6 +40,7 @@ pub use apply::{ApplyReport, apply};
 pub use archive::{docker_archive_tags, import_docker_archive, import_oci_archive};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
+pub use flatten::flatten;
 pub use image::{
     BlobSource, DEFAULT_JOBS, ImportedImage, LayerInfo, NoProgress, Platform, Progress, import,
 };

@@ -113,7 +113,7 @@ impl Snapshotter {
             if rel
                 .ancestors()
                 .skip(1)
-                .any(|dir| is_opaque(&lower.join(dir)))
+                .any(|dir| crate::flatten::is_opaque(&lower.join(dir)))
             {
                 return Ok(None);
             }
@@ -197,33 +197,6 @@ impl Snapshotter {
         }
         Ok(removed)
     }
-}
-
-/// An overlay opaque directory: its lower layers' entries are hidden.
-fn is_opaque(dir: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| xattr_is_y(dir, name))
-}
-
-fn xattr_is_y(path: &Path, name: &str) -> bool {
-    let (Ok(p), Ok(n)) = (
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    let mut value = [0u8; 2];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let len = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    len == 1 && value[0] == b'y'
 }
 
 #[cfg(test)]
