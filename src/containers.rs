@@ -16,6 +16,14 @@ use crate::db::{ContainerRow, Db, ImageRow, short_id};
 use crate::images::{Images, PullOptions, remove_trees};
 use crate::spec::{self, ContainerFiles, ResolvedUser, RunRequest};
 
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootfsDriver {
+    Overlay(OverlayDriver),
+    /// No overlay can be mounted: each container gets a copy of its image.
+    Copy,
+}
+
 /// The largest /etc/passwd or /etc/group rcrun reads from an image.
 const ACCOUNT_FILE_LIMIT: u64 = 4 << 20;
 
@@ -224,7 +232,56 @@ impl Containers {
         .with_context(|| format!("write {}", dir.join("config.json").display()))
     }
 
-    fn overlay(&self, id: &str) -> Result<RootfsOverlay> {
+    /// How containers get their rootfs here: `$RCRUN_ROOTFS` (overlay, fuse, copy)
+    /// if set, else what a probe found (cached per kernel release).
+    fn rootfs_driver(&self) -> Result<RootfsDriver> {
+        if let Some(forced) = std::env::var_os("RCRUN_ROOTFS").filter(|v| !v.is_empty()) {
+            return match forced.to_str() {
+                Some("overlay") => Ok(RootfsDriver::Overlay(OverlayDriver::Kernel)),
+                Some("fuse") => Ok(RootfsDriver::Overlay(OverlayDriver::Fuse)),
+                Some("copy") => Ok(RootfsDriver::Copy),
+                _ => bail!("RCRUN_ROOTFS={forced:?}: use overlay, fuse or copy"),
+            };
+        }
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cache = self.images.data_dir().join("rootfs-driver");
+        if let Ok(text) = std::fs::read_to_string(&cache)
+            && let Some((driver, cached_release)) = text.trim().split_once(' ')
+            && cached_release == release
+        {
+            match driver {
+                "overlay" => return Ok(RootfsDriver::Overlay(OverlayDriver::Kernel)),
+                "fuse" => return Ok(RootfsDriver::Overlay(OverlayDriver::Fuse)),
+                "copy" => return Ok(RootfsDriver::Copy),
+                _ => {}
+            }
+        }
+        let scratch = self.images.data_dir().join("containers");
+        std::fs::create_dir_all(&scratch)?;
+        let (driver, word) = match runtime::probe_overlay(&scratch) {
+            Ok(OverlayDriver::Kernel) => (RootfsDriver::Overlay(OverlayDriver::Kernel), "overlay"),
+            Ok(OverlayDriver::Fuse) => {
+                eprintln!(
+                    "rcrun: the kernel's overlayfs is not available to you; using fuse-overlayfs for container root filesystems"
+                );
+                (RootfsDriver::Overlay(OverlayDriver::Fuse), "fuse")
+            }
+            Err(e) => {
+                eprintln!(
+                    "rcrun: no overlay filesystem is available ({e}); every container gets a full copy of its image instead (slower, more disk). Install fuse-overlayfs to avoid it."
+                );
+                (RootfsDriver::Copy, "copy")
+            }
+        };
+        let _ = std::fs::write(&cache, format!("{word} {release}\n"));
+        Ok(driver)
+    }
+
+    /// Makes the container's rootfs: an overlay for the runtime to mount, or a copy
+    /// of the image made here.
+    fn prepare_rootfs(&self, id: &str) -> Result<Option<RootfsOverlay>> {
         let row = self
             .images
             .db_ref()
@@ -236,12 +293,23 @@ impl Containers {
             .image_by_id(&row.image)?
             .ok_or_else(|| anyhow!("the image of container {} is gone", row.name))?;
         let dir = self.dir(id);
-        Ok(RootfsOverlay {
-            lowers: self.images.lowerdirs(&image)?,
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            driver: OverlayDriver::Kernel,
-        })
+        let lowers = self.images.lowerdirs(&image)?;
+        match self.rootfs_driver()? {
+            RootfsDriver::Overlay(driver) => Ok(Some(RootfsOverlay {
+                lowers,
+                upper: dir.join("upper"),
+                work: dir.join("work"),
+                driver,
+            })),
+            RootfsDriver::Copy => {
+                let rootfs = dir.join("rootfs");
+                runtime::run_in_user_namespace("copy the image into the container", || {
+                    snapshots::flatten(&lowers, &rootfs).map_err(|e| e.to_string())
+                })
+                .with_context(|| format!("copy the image into container {}", row.name))?;
+                Ok(None)
+            }
+        }
     }
 
     /// `rcrun run`: pulls if needed, creates, runs. Returns the exit code to use.
@@ -257,7 +325,14 @@ impl Containers {
                 .find_or_pull(image_name, &flags.pull, &crate::images::NoDisplay)?,
         };
         let id = self.create(&image, image_name, flags)?;
-        let overlay = self.overlay(&id)?;
+        let overlay = match self.prepare_rootfs(&id) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = self.remove_files(&id);
+                let _ = self.db().remove_container(&id);
+                return Err(e);
+            }
+        };
         if flags.detach {
             self.start_detached(&id, overlay, flags.remove)?;
             println!("{id}");
@@ -270,7 +345,7 @@ impl Containers {
             &id,
             &self.dir(&id),
             &RunOptions {
-                overlay: Some(overlay),
+                overlay,
                 ..Default::default()
             },
         );
@@ -294,7 +369,12 @@ impl Containers {
 
     /// Forks the monitor, which starts the container with its output in the log and
     /// stays to reap it; returns once the container runs (or failed to start).
-    fn start_detached(&mut self, id: &str, overlay: RootfsOverlay, remove: bool) -> Result<()> {
+    fn start_detached(
+        &mut self,
+        id: &str,
+        overlay: Option<RootfsOverlay>,
+        remove: bool,
+    ) -> Result<()> {
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
         let log = self.dir(id).join("ctr.log");
@@ -338,7 +418,7 @@ impl Containers {
     fn monitor(
         &mut self,
         id: &str,
-        overlay: RootfsOverlay,
+        overlay: Option<RootfsOverlay>,
         remove: bool,
         log: &Path,
         report: OwnedFd,
@@ -385,7 +465,7 @@ impl Containers {
                     &self.dir(id),
                     &RunOptions {
                         detach: true,
-                        overlay: Some(overlay),
+                        overlay,
                         ..Default::default()
                     },
                 )
