@@ -2,12 +2,14 @@
 //! `testing`). They write bytes directly, so tests can also make hostile images.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::json;
 
 use crate::digest::Digest;
 use crate::layer::Compression;
+use crate::registry::Reference;
 
 /// A tar of regular files; names are written raw ('..' and absolute names too).
 pub fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -207,5 +209,162 @@ impl Layer {
 
     pub fn bytes(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
+    }
+}
+
+/// The manifest that `tag` names in the index of an OCI layout: its digest and JSON.
+pub fn layout_manifest(layout: &Path, tag: &str) -> (Digest, serde_json::Value) {
+    let read = |path: &Path| -> serde_json::Value {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let index = read(&layout.join("index.json"));
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("{} has no tag {tag}", layout.display()));
+    let digest: Digest = desc["digest"].as_str().unwrap().parse().unwrap();
+    let manifest = read(&layout.join("blobs/sha256").join(digest.hex()));
+    (digest, manifest)
+}
+
+/// What to do when a registry or fixture is missing: tests fail with this, never skip.
+pub const SETUP: &str = "run `sudo scripts/setup` (it installs docker-registry and builds the \
+                         fixture images; CI does this)";
+
+/// The checkout: the first ancestor of `$CARGO_MANIFEST_DIR` (set by cargo, and by
+/// scripts/test when tests run as another user) with scripts/fixtures, else the one
+/// this crate was built in.
+pub fn repo_root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .and_then(|dir| {
+            Path::new(&dir)
+                .ancestors()
+                .find(|d| d.join("scripts/fixtures").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| built.to_path_buf())
+}
+
+/// Runs `scripts/fixtures ARGS`, returning its stdout; fails the test with its stderr.
+pub fn fixtures(args: &[&str]) -> String {
+    let out = Command::new(repo_root().join("scripts/fixtures"))
+        .args(args)
+        .output()
+        .expect("run scripts/fixtures");
+    assert!(
+        out.status.success(),
+        "scripts/fixtures {} failed: {}\n{SETUP}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A port nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Debian's docker-registry on 127.0.0.1, started by `scripts/fixtures registry start`
+/// in a temporary directory and stopped (by its recorded pid) when dropped.
+pub struct Registry {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    state: PathBuf,
+    tls: bool,
+    auth: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free port: `tls` makes a CA in [`Registry::certs`],
+    /// `auth` (USER:PASS) turns on basic auth. Fails the test if it cannot.
+    pub fn start(tls: bool, auth: Option<&str>) -> Self {
+        let found = Command::new("sh")
+            .args(["-c", "command -v docker-registry"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "docker-registry is not installed: {SETUP}");
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("registry");
+        let state_arg = state.to_str().unwrap();
+        // The port is free when chosen; another process may take it before the
+        // registry binds it, so try a few.
+        for _ in 0..5 {
+            let port = free_port().to_string();
+            let mut args = vec!["registry", "start", state_arg, "--port", &port];
+            if tls {
+                args.push("--tls");
+            }
+            if let Some(auth) = auth {
+                args.extend(["--auth", auth]);
+            }
+            let out = Command::new(repo_root().join("scripts/fixtures"))
+                .args(&args)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Registry {
+                    host: format!("127.0.0.1:{port}"),
+                    state,
+                    tls,
+                    auth: auth.map(str::to_string),
+                    _dir: dir,
+                };
+            }
+            eprintln!(
+                "registry start on port {port} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("the registry did not start; {SETUP}");
+    }
+
+    /// The directory holding the registry's CA certificate (`ca.crt`), for `--cert-dir`.
+    pub fn certs(&self) -> PathBuf {
+        self.state.join("certs")
+    }
+
+    /// Pushes every tag of the fixture images `names`, byte for byte, with this
+    /// registry's CA and credentials.
+    pub fn push(&self, names: &[&str]) {
+        let certs = self.certs();
+        let mut args = vec!["push", self.host.as_str()];
+        if self.tls {
+            args.extend(["--cert-dir", certs.to_str().unwrap()]);
+        }
+        if let Some(auth) = &self.auth {
+            args.extend(["--creds", auth.as_str()]);
+        }
+        args.extend(names);
+        fixtures(&args);
+    }
+
+    /// `HOST/rest`
+    pub fn reference(&self, rest: &str) -> Reference {
+        Reference::parse(&format!("{}/{rest}", self.host)).unwrap()
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_file(&self, digest: &Digest) -> PathBuf {
+        self.state
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&digest.hex()[..2])
+            .join(digest.hex())
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Stops the pid recorded in the state dir: the registry this test started.
+        let _ = Command::new(repo_root().join("scripts/fixtures"))
+            .args(["registry", "stop", self.state.to_str().unwrap()])
+            .output();
     }
 }

@@ -2,47 +2,18 @@
 //! fixture images byte for byte by `scripts/fixtures push`. Each test starts its own
 //! registry on a free port in a temporary directory and stops it when done.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use snapshots::testing::{Registry, fixtures, free_port, layout_manifest};
 use snapshots::{
     Compression, ContentStore, Credentials, Digest, Error, LayerInfo, NoProgress, Platform,
     Progress, PullOptions, PulledImage, Reference, pull,
 };
 
-const SETUP: &str = "run `sudo scripts/setup` (it installs docker-registry and builds the \
-                     fixture images; CI does this)";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs `scripts/fixtures ARGS`, returning its stdout; fails the test with its stderr.
-fn fixtures(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("scripts/fixtures"))
-        .args(args)
-        .output()
-        .expect("run scripts/fixtures");
-    assert!(
-        out.status.success(),
-        "scripts/fixtures {} failed: {}\n{SETUP}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn layout_path(name: &str) -> PathBuf {
     PathBuf::from(fixtures(&["path", name]).trim())
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// A fixture image as its layout holds it.
@@ -53,16 +24,7 @@ struct Expected {
 }
 
 fn expected(name: &str, tag: &str) -> Expected {
-    let layout = layout_path(name);
-    let index = read_json(&layout.join("index.json"));
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("{name} has no tag {tag}"));
-    let manifest: Digest = desc["digest"].as_str().unwrap().parse().unwrap();
-    let json = read_json(&layout.join("blobs/sha256").join(manifest.hex()));
+    let (manifest, json) = layout_manifest(&layout_path(name), tag);
     let digest = |v: &serde_json::Value| v["digest"].as_str().unwrap().parse().unwrap();
     Expected {
         manifest,
@@ -73,92 +35,6 @@ fn expected(name: &str, tag: &str) -> Expected {
             .iter()
             .map(digest)
             .collect(),
-    }
-}
-
-struct Registry {
-    state: PathBuf,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-impl Registry {
-    /// Starts a registry: `--tls` makes a CA in `state/certs`, `auth` is USER:PASS.
-    fn start(tls: bool, auth: Option<&str>) -> Self {
-        let found = Command::new("sh")
-            .args(["-c", "command -v docker-registry"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(found, "docker-registry is not installed: {SETUP}");
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("registry");
-        let state_arg = state.to_str().unwrap();
-        // The port is free when chosen; another process may take it before the
-        // registry binds it, so try a few.
-        for _ in 0..5 {
-            let port = free_port().to_string();
-            let mut args = vec!["registry", "start", state_arg, "--port", &port];
-            if tls {
-                args.push("--tls");
-            }
-            if let Some(auth) = auth {
-                args.extend(["--auth", auth]);
-            }
-            let out = Command::new(repo_root().join("scripts/fixtures"))
-                .args(&args)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return Registry {
-                    host: format!("127.0.0.1:{port}"),
-                    state,
-                    _dir: dir,
-                };
-            }
-            eprintln!(
-                "registry start on port {port} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        panic!("the registry did not start; {SETUP}");
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.state.join("certs")
-    }
-
-    fn push(&self, extra: &[&str], names: &[&str]) {
-        let mut args = vec!["push", self.host.as_str()];
-        args.extend(extra);
-        args.extend(names);
-        fixtures(&args);
-    }
-
-    fn reference(&self, rest: &str) -> Reference {
-        Reference::parse(&format!("{}/{rest}", self.host)).unwrap()
-    }
-
-    /// Where the registry keeps a blob's bytes.
-    fn blob_file(&self, digest: &Digest) -> PathBuf {
-        self.state
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&digest.hex()[..2])
-            .join(digest.hex())
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // Stops the pid recorded in the state dir: the registry this test started.
-        let _ = Command::new(repo_root().join("scripts/fixtures"))
-            .args(["registry", "stop", self.state.to_str().unwrap()])
-            .output();
     }
 }
 
@@ -229,7 +105,7 @@ fn assert_matches_layout(store: &ContentStore, pulled: &PulledImage, want: &Expe
 #[test]
 fn anonymous_http_pulls_keep_every_digest_and_reuse_the_store() {
     let registry = Registry::start(false, None);
-    registry.push(&[], &["busybox", "layers"]);
+    registry.push(&["busybox", "layers"]);
     let (_d, store) = new_store();
     for (name, tag, compression) in [
         ("busybox", "1.35", Compression::Gzip),
@@ -286,7 +162,7 @@ fn anonymous_http_pulls_keep_every_digest_and_reuse_the_store() {
 #[test]
 fn unknown_tags_repositories_and_digests_are_not_found() {
     let registry = Registry::start(false, None);
-    registry.push(&[], &["busybox"]);
+    registry.push(&["busybox"]);
     let (_d, store) = new_store();
     let missing = Digest::of(b"no such manifest");
     for rest in [
@@ -316,7 +192,7 @@ fn unknown_tags_repositories_and_digests_are_not_found() {
 #[test]
 fn an_index_is_resolved_for_the_requested_platform() {
     let registry = Registry::start(false, None);
-    registry.push(&[], &["layers"]);
+    registry.push(&["layers"]);
     let (gzip, zstd) = (expected("layers", "gzip"), expected("layers", "zstd"));
     let entry = |want: &Expected, arch: &str| {
         let path = layout_path("layers")
@@ -370,15 +246,7 @@ fn an_index_is_resolved_for_the_requested_platform() {
 fn tls_with_basic_auth() {
     let registry = Registry::start(true, Some("rc:rcpass"));
     let certs = registry.certs();
-    registry.push(
-        &[
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            "--creds",
-            "rc:rcpass",
-        ],
-        &["busybox"],
-    );
+    registry.push(&["busybox"]);
     let busybox = registry.reference("busybox:1.35");
     let want = expected("busybox", "1.35");
     let secure = |creds: Option<&str>| PullOptions {
@@ -466,7 +334,7 @@ fn tls_with_basic_auth() {
 #[test]
 fn a_tampered_blob_or_manifest_is_rejected_and_nothing_kept() {
     let registry = Registry::start(false, None);
-    registry.push(&[], &["busybox"]);
+    registry.push(&["busybox"]);
     let want = expected("busybox", "1.35");
     let layer = &want.layers[0];
     let file = registry.blob_file(layer);
