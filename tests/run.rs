@@ -4,108 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-use common::fixture;
-
-/// A data directory of its own, removed (inside the user namespace) at the end.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for c in self.ps(true) {
-            self.rcrun(&["rm", "-f", c["id"].as_str().unwrap()]);
-        }
-        let _ = rcrun::images::remove_trees("clean up", &[self.data()]);
-    }
-}
-
-impl Env {
-    fn new() -> Self {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir(env.data()).unwrap();
-        env
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::rcrun());
-        c.env("RCRUN_DATA_DIR", self.data()).args(args);
-        c
-    }
-
-    fn rcrun(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Runs and insists on success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.rcrun(args);
-        assert!(
-            out.status.success(),
-            "rcrun {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and insists on exit code 125 with `needle` in the error.
-    fn fails(&self, args: &[&str], needle: &str) {
-        let out = self.rcrun(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "rcrun {args:?}: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "rcrun {args:?}: {stderr:?} lacks {needle:?}"
-        );
-    }
-
-    /// Imports a fixture layout under `localhost/<name>:<tag>`.
-    fn pull_fixture(&self, name: &str, tag: &str) {
-        let link = self.dir.path().join(name);
-        if !link.exists() {
-            std::os::unix::fs::symlink(fixture(name), &link).unwrap();
-        }
-        self.ok(&["pull", &format!("oci:{}:{tag}", link.display())]);
-    }
-
-    fn ps(&self, all: bool) -> Vec<Value> {
-        let mut args = vec!["ps", "--format", "json"];
-        if all {
-            args.push("-a");
-        }
-        let out = self.rcrun(&args);
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    }
-
-    fn images(&self) -> Vec<Value> {
-        serde_json::from_str(&self.ok(&["images", "--format", "json"])).unwrap()
-    }
-
-    fn entries(&self, sub: &str) -> Vec<String> {
-        std::fs::read_dir(self.data().join(sub))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
+use common::{Env, fixture};
 
 fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
