@@ -365,6 +365,14 @@ impl Images {
                 (image, name, report)
             }
         };
+        if unpack.unpacked > 0
+            && !nix::unistd::Uid::effective().is_root()
+            && !runtime::current_user_mappings().2
+        {
+            eprintln!(
+                "warning: no subordinate ids for this user in /etc/subuid and /etc/subgid: every file of the image is owned by you (add ranges with `usermod --add-subuids`/`--add-subgids`, then pull again)"
+            );
+        }
         self.db
             .put_image(&image, name.as_deref(), reference)
             .context("record the image")?;

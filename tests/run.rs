@@ -335,3 +335,83 @@ fn concurrent_pulls_of_one_image_both_succeed() {
         13
     );
 }
+
+#[test]
+fn gc_removes_what_a_crashed_rcrun_left_behind() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    env.ok(&["run", "--name", "kept", "busybox:1.35", "true"]);
+    // What a kill -9 mid-pull or mid-run leaves: a half-unpacked snapshot, a partial
+    // ingest, an unrecorded container directory, an unreferenced blob.
+    let data = env.data();
+    std::fs::create_dir_all(data.join("snapshots/.prep-deadbeef-1-0/fs")).unwrap();
+    std::fs::write(data.join("ingest/partial"), b"half a layer").unwrap();
+    std::fs::create_dir_all(data.join("containers/0123456789abcdef/upper")).unwrap();
+    let stray = data.join("blobs/sha256").join("ab".repeat(32));
+    std::fs::write(&stray, b"unreferenced").unwrap();
+    let out = env.ok(&["gc"]);
+    assert!(out.contains("removed 1 blobs"), "{out}");
+    assert!(!data.join("snapshots/.prep-deadbeef-1-0").exists());
+    assert!(!data.join("ingest/partial").exists());
+    assert!(!data.join("containers/0123456789abcdef").exists());
+    assert!(!stray.exists());
+    // What is in use stays: the image runs and the stopped container is intact.
+    assert_eq!(
+        env.ok(&["run", "--rm", "busybox:1.35", "echo", "still"]),
+        "still\n"
+    );
+    assert_eq!(env.ps(true).len(), 1);
+    assert_eq!(env.entries("containers").len(), 1);
+}
+
+#[test]
+fn the_copy_fallback_runs_containers_without_overlay() {
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    let run = |args: &[&str]| {
+        let out = env.cmd(args).env("RCRUN_ROOTFS", "copy").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout_of(&out)
+    };
+    assert_eq!(
+        run(&[
+            "run",
+            "--name",
+            "one",
+            "busybox:1.35",
+            "sh",
+            "-c",
+            "echo x > /bin/marker; cat /bin/marker"
+        ]),
+        "x\n"
+    );
+    // The copy is the container's own: the image and the next container are untouched.
+    let out = env
+        .cmd(&["run", "--rm", "busybox:1.35", "cat", "/bin/marker"])
+        .env("RCRUN_ROOTFS", "copy")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rootfs = env
+        .data()
+        .join("containers")
+        .join(env.ps(true)[0]["id"].as_str().unwrap())
+        .join("rootfs");
+    assert!(
+        rootfs.join("bin/marker").exists(),
+        "the write is not in the container's copy"
+    );
+    assert!(rootfs.join("bin/busybox").is_file());
+    env.ok(&["rm", "one"]);
+    assert!(env.entries("containers").is_empty());
+    let out = env
+        .cmd(&["run", "--rm", "busybox:1.35", "true"])
+        .env("RCRUN_ROOTFS", "zfs")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+}
