@@ -130,8 +130,14 @@ impl Containers {
         )
     }
 
-    /// Creates the container's record and files; returns its id.
-    fn create(&mut self, image: &ImageRow, image_name: &str, flags: &RunFlags) -> Result<String> {
+    /// Creates the container's record, files and rootfs; returns its id and the
+    /// overlay for the runtime to mount (none for a copied rootfs).
+    fn create(
+        &mut self,
+        image: &ImageRow,
+        image_name: &str,
+        flags: &RunFlags,
+    ) -> Result<(String, Option<RootfsOverlay>)> {
         let config = self.images.config(image)?;
         let image_config = config.config().as_ref();
         let user_spec = flags
@@ -168,18 +174,21 @@ impl Containers {
             finished: None,
         };
         self.db().insert_container(&row)?;
-        let made = self.write_files(image, image_config, &id, &hostname, &user, flags);
-        if let Err(e) = made {
-            let _ = self.remove_files(&id);
-            let _ = self.db().remove_container(&id);
-            return Err(e);
+        let made = self
+            .write_files(image_config, &id, &hostname, &user, flags)
+            .and_then(|()| self.prepare_rootfs(&id, &row.name, image));
+        match made {
+            Ok(overlay) => Ok((id, overlay)),
+            Err(e) => {
+                let _ = self.remove_files(&id);
+                let _ = self.db().remove_container(&id);
+                Err(e)
+            }
         }
-        Ok(id)
     }
 
     fn write_files(
         &self,
-        image: &ImageRow,
         image_config: Option<&oci_spec::image::Config>,
         id: &str,
         hostname: &str,
@@ -224,7 +233,6 @@ impl Containers {
             maps.as_ref().map(|(u, g)| (u.as_slice(), g.as_slice())),
             &files,
         )?;
-        let _ = image;
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_string_pretty(&spec)? + "\n",
@@ -281,19 +289,14 @@ impl Containers {
 
     /// Makes the container's rootfs: an overlay for the runtime to mount, or a copy
     /// of the image made here.
-    fn prepare_rootfs(&self, id: &str) -> Result<Option<RootfsOverlay>> {
-        let row = self
-            .images
-            .db_ref()
-            .container(id)?
-            .ok_or_else(|| anyhow!("no such container: {id}"))?;
-        let image = self
-            .images
-            .db_ref()
-            .image_by_id(&row.image)?
-            .ok_or_else(|| anyhow!("the image of container {} is gone", row.name))?;
+    fn prepare_rootfs(
+        &self,
+        id: &str,
+        name: &str,
+        image: &ImageRow,
+    ) -> Result<Option<RootfsOverlay>> {
         let dir = self.dir(id);
-        let lowers = self.images.lowerdirs(&image)?;
+        let lowers = self.images.lowerdirs(image)?;
         match self.rootfs_driver()? {
             RootfsDriver::Overlay(driver) => Ok(Some(RootfsOverlay {
                 lowers,
@@ -306,7 +309,7 @@ impl Containers {
                 runtime::run_in_user_namespace("copy the image into the container", || {
                     snapshots::flatten(&lowers, &rootfs).map_err(|e| e.to_string())
                 })
-                .with_context(|| format!("copy the image into container {}", row.name))?;
+                .with_context(|| format!("copy the image into container {name}"))?;
                 Ok(None)
             }
         }
@@ -324,15 +327,7 @@ impl Containers {
                 .images
                 .find_or_pull(image_name, &flags.pull, &crate::images::NoDisplay)?,
         };
-        let id = self.create(&image, image_name, flags)?;
-        let overlay = match self.prepare_rootfs(&id) {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = self.remove_files(&id);
-                let _ = self.db().remove_container(&id);
-                return Err(e);
-            }
-        };
+        let (id, overlay) = self.create(&image, image_name, flags)?;
         if flags.detach {
             self.start_detached(&id, overlay, flags.remove)?;
             println!("{id}");
@@ -689,13 +684,18 @@ pub struct ExecFlags {
     pub detach: bool,
 }
 
-fn redirect_stdin_to_null() -> Result<()> {
-    let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
-    // SAFETY: both are open descriptors.
-    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("redirect stdin to /dev/null");
+/// Makes descriptor `to` a copy of `from`.
+fn dup_onto(from: &std::fs::File, to: i32) -> std::io::Result<()> {
+    // SAFETY: `from` is open; dup2 replaces `to` atomically.
+    if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn redirect_stdin_to_null() -> Result<()> {
+    let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+    dup_onto(&null, 0).context("redirect stdin to /dev/null")
 }
 
 /// Reaps children (a subreaper inherits orphans) until `pid` exits; its exit code,

@@ -403,7 +403,6 @@ impl Db {
         Ok(())
     }
 
-    /// Clears a previous run's exit (a restarted container).
     pub fn remove_container(&mut self, id: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM containers WHERE id = ?1", [id])?;

@@ -452,7 +452,7 @@ impl Images {
     /// Overlay lower directories of an image, top layer first.
     pub fn lowerdirs(&self, image: &ImageRow) -> Result<Vec<PathBuf>> {
         let chains = image.chain_ids()?;
-        let mut lowers = self.snapshots.lowerdirs(&chains).with_context(|| {
+        let lowers = self.snapshots.lowerdirs(&chains).with_context(|| {
             format!(
                 "image {} is incomplete on disk; pull it again",
                 image.names.first().unwrap_or(&image.id)
@@ -461,7 +461,6 @@ impl Images {
         if lowers.is_empty() {
             bail!("image {} has no layers", image.id);
         }
-        lowers.shrink_to_fit();
         Ok(lowers)
     }
 

@@ -8,8 +8,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use runtime::{CreateOptions, ExecOptions, RunOptions, Runtime, State};
 
-use crate::EXIT_RCRUN_FAILED;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "rcrun-oci",
@@ -274,10 +272,7 @@ pub fn main(cli: OciCli) -> ExitCode {
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            let code = e
-                .downcast_ref::<runtime::Error>()
-                .map(|r| r.exit_code() as u8)
-                .unwrap_or(EXIT_RCRUN_FAILED);
+            let code = rcrun::exit_code_of(&e).clamp(0, 255) as u8;
             let message = format!("{e:#}");
             log_error(&cli, &message);
             eprintln!("rcrun: {message}");

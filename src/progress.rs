@@ -46,7 +46,7 @@ fn mb(bytes: u64) -> String {
 }
 
 impl TerminalDisplay {
-    fn update(&self, digest: &Digest, phase: impl FnOnce(Option<&Phase>) -> Phase, force: bool) {
+    fn update(&self, digest: &Digest, phase: impl FnOnce(&Phase) -> Phase, force: bool) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         let index = match lines.layers.iter().position(|(d, _)| d == digest) {
             Some(i) => i,
@@ -55,8 +55,8 @@ impl TerminalDisplay {
                 lines.layers.len() - 1
             }
         };
-        let existing = lines.layers[index].1.clone();
-        lines.layers[index].1 = phase(Some(&existing));
+        let next = phase(&lines.layers[index].1);
+        lines.layers[index].1 = next;
         let due = lines
             .last_draw
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
@@ -103,11 +103,11 @@ impl Progress for TerminalDisplay {
         self.update(
             digest,
             |p| match p {
-                Some(Phase::Downloading { done, total }) => Phase::Downloading {
+                Phase::Downloading { done, total } => Phase::Downloading {
                     done: done + bytes,
                     total: *total,
                 },
-                other => other.cloned().unwrap_or(Phase::Downloaded),
+                other => other.clone(),
             },
             false,
         );
