@@ -109,8 +109,7 @@ impl Db {
         let conn =
             Connection::open(&path).with_context(|| format!("open database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("enable WAL on {}", path.display()))?;
+        enable_wal(&conn).with_context(|| format!("enable WAL on {}", path.display()))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("create the schema of {}", path.display()))?;
@@ -407,6 +406,28 @@ impl Db {
         self.conn
             .execute("DELETE FROM containers WHERE id = ?1", [id])?;
         Ok(())
+    }
+}
+
+/// Switches a new database to WAL (it persists). SQLite answers BUSY at once, without
+/// its busy handler, when two processes create the database together: retry with
+/// backoff for as long as the busy timeout would wait.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let mode = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        match mode {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other.map(drop),
+        }
     }
 }
 

@@ -311,7 +311,11 @@ fn concurrent_pulls_of_one_image_both_succeed() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let images = env.images();
     assert_eq!(images.len(), 1);
