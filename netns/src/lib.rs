@@ -1,1 +1,3 @@
-//! The per-user infra network namespace, bridges, veth pairs, IPAM and port publishing (issue 4).
+//! The per-user infra network namespace, bridges, veth pairs, IPAM and port publishing.
+
+pub mod nft;
