@@ -340,6 +340,7 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         oom_score_adj: p.oom_score_adj(),
         terminal: p.terminal().unwrap_or(false),
         runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
+        die_with_parent: false,
     })
 }
 

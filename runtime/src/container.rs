@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub pid_file: Option<PathBuf>,
     /// Mount this overlay on the bundle's root.path, inside the container.
     pub overlay: Option<RootfsOverlay>,
+    /// The container is killed when the calling process dies (its monitor), so
+    /// no container outlives what would record its exit and free its network.
+    pub die_with_parent: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -430,7 +433,8 @@ impl Runtime {
     /// Creates and starts a container. In the foreground rcrun is its monitor and
     /// returns its exit code (128+N if killed by signal N), then deletes it.
     pub fn run(&self, id: &str, bundle: &Path, opts: &RunOptions) -> Result<i32> {
-        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
+        let mut cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
+        cfg.process.die_with_parent = opts.die_with_parent;
         if cfg.process.terminal && opts.detach {
             return Err(Error::InvalidConfig(
                 "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),

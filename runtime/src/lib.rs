@@ -36,4 +36,4 @@ pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use signal::parse_signal;
 pub use spec::default_spec;
 pub use state::{State, Status, now_rfc3339};
-pub use userns::run_in_user_namespace;
+pub use userns::{fork_in_user_namespace, run_in_user_namespace};

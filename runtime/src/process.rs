@@ -44,6 +44,8 @@ pub(crate) struct ProcessPlan {
     pub terminal: bool,
     /// (dev, ino) of rcrun's own executable: never a valid exec target inside.
     pub runtime_exe: Option<(u64, u64)>,
+    /// SIGKILL the process when rcrun (its parent) dies.
+    pub die_with_parent: bool,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -362,6 +364,15 @@ pub(crate) fn exec(plan: &ProcessPlan, exe: &CString, original_mask: &SigSet) ->
             return failure("set no_new_privs", e);
         }
     }
+    // Set last: any change of credentials clears it.
+    if plan.die_with_parent {
+        // SAFETY: plain prctl.
+        if let Err(e) =
+            Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
+        {
+            return failure("tie the container's life to rcrun's", e);
+        }
+    }
     if let Err(e) = sys::cloexec_from(3) {
         return failure("mark inherited file descriptors close-on-exec", e);
     }
@@ -399,6 +410,7 @@ mod tests {
             oom_score_adj: None,
             terminal: false,
             runtime_exe: None,
+            die_with_parent: false,
         }
     }
 

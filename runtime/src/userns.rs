@@ -62,6 +62,17 @@ fn child(
     }
 }
 
+/// Maps the user and their subordinate ranges into `pid`'s new user namespace,
+/// then tells it.
+fn write_user_maps(pid: Pid, channel: &Channel, what: &str) -> Result<()> {
+    let (uid, gid, _) = idmap::current_user_mappings();
+    let writer = idmap::choose_writer(&uid, &gid);
+    idmap::write_maps(pid, writer, &uid, &gid)?;
+    channel
+        .send(&ToChild::MapsWritten, None)
+        .map_err(|e| Error::sys(format!("tell {what} its maps are written"), e))
+}
+
 /// Runs `work` in a child process inside a new user and mount namespace (as root:
 /// only a new mount namespace, the ids are real already). `work`'s error text
 /// becomes the error, under `what`.
@@ -89,14 +100,7 @@ pub fn run_in_user_namespace(
         match parent.recv::<ToParent>() {
             Ok(Some((ToParent::MapsNeeded, _))) => {
                 // Only asked for in a user namespace: root's ids need no maps.
-                let (uid, gid, _) = idmap::current_user_mappings();
-                let writer = idmap::choose_writer(&uid, &gid);
-                let written = idmap::write_maps(pid, writer, &uid, &gid).and_then(|()| {
-                    parent
-                        .send(&ToChild::MapsWritten, None)
-                        .map_err(|e| Error::sys("tell the helper its maps are written", e))
-                });
-                if let Err(e) = written {
+                if let Err(e) = write_user_maps(pid, &parent, what) {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                     break Err(e);
                 }
@@ -125,5 +129,87 @@ pub fn run_in_user_namespace(
             detail: format!("the helper process ended unexpectedly ({status:?})"),
             kind: FailureKind::Setup,
         }),
+    }
+}
+
+/// Forks a long-lived child into a new user namespace mapped like the containers'
+/// (the user as root, then the subordinate ranges): returns `None` in the child,
+/// once it is root there, and the child's pid in the parent. As root there is no
+/// user namespace to make and this is a plain fork. The caller must be
+/// single-threaded (the child unshares a user namespace).
+pub fn fork_in_user_namespace(what: &str) -> Result<Option<Pid>> {
+    let in_userns = !nix::unistd::Uid::effective().is_root();
+    let (parent, child_end) =
+        channel::pair().map_err(|e| Error::sys("create the sync socket", e))?;
+    // SAFETY: the child returns to a single-threaded caller.
+    let pid = match unsafe { libc::fork() } {
+        -1 => return Err(Error::sys(format!("fork for {what}"), nix::Error::last())),
+        0 => {
+            drop(parent);
+            if !in_userns {
+                return Ok(None);
+            }
+            let entered = (|| {
+                unshare(CloneFlags::CLONE_NEWUSER)
+                    .map_err(|e| Error::sys("create the user namespace", e))?;
+                child_end
+                    .send(&ToParent::MapsNeeded, None)
+                    .map_err(|e| Error::sys("ask for the id maps", e))?;
+                match child_end.recv::<ToChild>() {
+                    Ok(Some((ToChild::MapsWritten, _))) => {}
+                    _ => return Err(Error::sys("wait for the id maps", nix::Error::EPIPE)),
+                }
+                process::become_root().map_err(Error::from)
+            })();
+            return match entered {
+                Ok(()) => Ok(None),
+                Err(e) => {
+                    let _ = child_end.send(
+                        &ToParent::Failed(SetupFailure {
+                            step: String::new(),
+                            detail: e.to_string(),
+                            kind: FailureKind::Setup,
+                        }),
+                        None,
+                    );
+                    // SAFETY: nothing of the parent's must run in this child.
+                    unsafe { libc::_exit(125) }
+                }
+            };
+        }
+        pid => Pid::from_raw(pid),
+    };
+    drop(child_end);
+    if !in_userns {
+        return Ok(Some(pid));
+    }
+    let kill = || {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    };
+    match parent.recv::<ToParent>() {
+        Ok(Some((ToParent::MapsNeeded, _))) => {
+            if let Err(e) = write_user_maps(pid, &parent, what) {
+                kill();
+                return Err(e);
+            }
+            Ok(Some(pid))
+        }
+        Ok(Some((ToParent::Failed(f), _))) => {
+            kill();
+            Err(Error::Setup {
+                step: what.to_string(),
+                detail: f.detail,
+                kind: FailureKind::Setup,
+            })
+        }
+        _ => {
+            kill();
+            Err(Error::Setup {
+                step: what.to_string(),
+                detail: "the child died before asking for its id maps".into(),
+                kind: FailureKind::Setup,
+            })
+        }
     }
 }
