@@ -1,0 +1,107 @@
+//! Published ports, served in the infra namespace from sockets opened on the host:
+//! TCP connections are spliced to the container; UDP datagrams are relayed per
+//! client through a socket of their own, dropped after a quiet minute.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::proto::{Forward, Protocol};
+
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// Starts serving `forward` from `socket` (the host-side listener); the task
+/// ends when aborted.
+pub(crate) fn spawn(forward: &Forward, socket: OwnedFd) -> Result<JoinHandle<()>, Error> {
+    let target = forward.container;
+    match forward.protocol {
+        Protocol::Tcp => {
+            let std = std::net::TcpListener::from(socket);
+            std.set_nonblocking(true)
+                .map_err(|e| Error::io("make the published port non-blocking", e))?;
+            let listener =
+                TcpListener::from_std(std).map_err(|e| Error::io("serve the published port", e))?;
+            Ok(tokio::task::spawn_local(serve_tcp(listener, target)))
+        }
+        Protocol::Udp => {
+            let std = std::net::UdpSocket::from(socket);
+            std.set_nonblocking(true)
+                .map_err(|e| Error::io("make the published port non-blocking", e))?;
+            let socket =
+                UdpSocket::from_std(std).map_err(|e| Error::io("serve the published port", e))?;
+            Ok(tokio::task::spawn_local(serve_udp(Rc::new(socket), target)))
+        }
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, target: SocketAddr) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            // EMFILE and friends: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::task::spawn_local(async move {
+            let _ = client.set_nodelay(true);
+            if let Ok(mut upstream) = TcpStream::connect(target).await {
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+    }
+}
+
+/// A relay task that ends with the port: dropped with the flow table.
+struct Relay(JoinHandle<()>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve_udp(host: Rc<UdpSocket>, target: SocketAddr) {
+    let mut flows: HashMap<SocketAddr, (Rc<UdpSocket>, Relay)> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((len, client)) = host.recv_from(&mut buf).await else {
+            continue;
+        };
+        flows.retain(|_, (_, relay)| !relay.0.is_finished());
+        let upstream = match flows.get(&client) {
+            Some((upstream, _)) => upstream.clone(),
+            None => {
+                let bind: SocketAddr = if target.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("valid")
+                } else {
+                    "[::]:0".parse().expect("valid")
+                };
+                let Ok(upstream) = UdpSocket::bind(bind).await else {
+                    continue;
+                };
+                if upstream.connect(target).await.is_err() {
+                    continue;
+                }
+                let upstream = Rc::new(upstream);
+                let task =
+                    tokio::task::spawn_local(relay_back(host.clone(), upstream.clone(), client));
+                flows.insert(client, (upstream.clone(), Relay(task)));
+                upstream
+            }
+        };
+        let _ = upstream.send(&buf[..len]).await;
+    }
+}
+
+async fn relay_back(host: Rc<UdpSocket>, upstream: Rc<UdpSocket>, client: SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(len)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+        let _ = host.send_to(&buf[..len], client).await;
+    }
+}

@@ -1,0 +1,256 @@
+//! Links, addresses and routes over rtnetlink: one connection per network
+//! namespace, opened from a thread that is in it (a netlink socket keeps the
+//! namespace it was created in).
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::Error;
+
+pub(crate) struct Netlink {
+    handle: Handle,
+    what: String,
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// A connection in the calling thread's network namespace; its driver runs on
+    /// the current tokio runtime.
+    pub(crate) fn open(what: &str) -> Result<Self, Error> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| Error::io(format!("open a netlink socket in {what}"), e))?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            what: what.to_string(),
+        })
+    }
+
+    fn fail(&self, step: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
+        Error::Netlink {
+            step: format!("{step} in {}", self.what),
+            errno: errno_of(&e),
+            detail: e.to_string(),
+        }
+    }
+
+    pub(crate) async fn link(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(self.fail(format_args!("look up link {name}"), e)),
+        }
+    }
+
+    pub(crate) async fn index(&self, name: &str) -> Result<Option<u32>, Error> {
+        Ok(self.link(name).await?.map(|l| l.header.index))
+    }
+
+    async fn require(&self, name: &str) -> Result<u32, Error> {
+        self.index(name)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("link {name} vanished in {}", self.what)))
+    }
+
+    /// Brings `lo` up.
+    pub(crate) async fn loopback_up(&self) -> Result<(), Error> {
+        let lo = self.require("lo").await?;
+        self.up(lo).await
+    }
+
+    pub(crate) async fn up(&self, index: u32) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| self.fail(format_args!("bring link {index} up"), e))
+    }
+
+    /// The bridge `name`, created (up, with `addresses`) if missing.
+    pub(crate) async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        addresses: &[(IpAddr, u8)],
+    ) -> Result<u32, Error> {
+        let index = match self.index(name).await? {
+            Some(i) => i,
+            None => {
+                let created = self
+                    .handle
+                    .link()
+                    .add(LinkBridge::new(name).mtu(mtu).build())
+                    .execute()
+                    .await;
+                match created {
+                    Ok(()) => {}
+                    Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(self.fail(format_args!("create bridge {name}"), e)),
+                }
+                self.require(name).await?
+            }
+        };
+        for (ip, prefix) in addresses {
+            self.add_address(index, *ip, *prefix).await?;
+        }
+        self.up(index).await?;
+        Ok(index)
+    }
+
+    /// Deletes a link; a missing one is fine.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), Error> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(self.fail(format_args!("delete link {name}"), e)),
+        }
+    }
+
+    /// Adds an address (already present is fine); IPv6 skips duplicate address
+    /// detection, so the address is usable at once.
+    pub(crate) async fn add_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+    ) -> Result<(), Error> {
+        let mut request = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.fail(format_args!("add address {ip}/{prefix}"), e)),
+        }
+    }
+
+    /// A veth pair: `host` enslaved to `bridge` and up, `peer` moved into `netns`.
+    pub(crate) async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        bridge: u32,
+        mtu: u32,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| self.fail(format_args!("create veth pair {host}"), e))?;
+        let result = async {
+            let host_index = self.require(host).await?;
+            let peer_index = self.require(peer).await?;
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(host_index)
+                        .controller(bridge)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| self.fail(format_args!("attach {host} to its bridge"), e))?;
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(peer_index)
+                        .setns_by_fd(netns.as_fd().as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| self.fail(format_args!("move {peer} into the container"), e))
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.delete(host).await;
+        }
+        result
+    }
+
+    /// Renames link `from` to `to`, sets its MAC address, and brings it up.
+    pub(crate) async fn configure_peer(
+        &self,
+        from: &str,
+        to: &str,
+        mac: [u8; 6],
+    ) -> Result<u32, Error> {
+        let index = self.require(from).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(to)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| self.fail(format_args!("rename {from} to {to}"), e))?;
+        self.up(index).await?;
+        Ok(index)
+    }
+
+    /// Adds a default route via `gateway` out of `index`, unless one exists.
+    pub(crate) async fn add_default_route(&self, index: u32, gateway: IpAddr) -> Result<(), Error> {
+        let any = match gateway {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(any, 0)
+            .and_then(|r| r.gateway(gateway))
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .output_interface(index)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.fail(format_args!("add a default route via {gateway}"), e)),
+        }
+    }
+
+    /// The names of every link in the namespace.
+    pub(crate) async fn link_names(&self) -> Result<Vec<String>, Error> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.fail("list links", e))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,119 @@
+//! The requests rcrun sends to the infra process, and its answers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::subnet::Subnet;
+
+/// One network as the infra builds it: a bridge with the gateway addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSpec {
+    /// The bridge's interface name (`rcbr<N>`).
+    pub bridge: String,
+    /// Each subnet with its gateway (the bridge's address in it).
+    pub subnets: Vec<(Subnet, IpAddr)>,
+    /// No egress and no host access.
+    pub internal: bool,
+    pub mtu: u32,
+}
+
+/// A container's interface on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: BridgeSpec,
+    /// The name inside the container (`eth0`, `eth1`…).
+    pub ifname: String,
+    /// One address per subnet of the network.
+    pub addresses: Vec<IpAddr>,
+    /// The gateways become the container's default routes (unless it has some).
+    pub default_route: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A published port: the host-side socket travels with the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub protocol: Protocol,
+    pub host: SocketAddr,
+    pub container: SocketAddr,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    Hello,
+    /// Makes the container's network namespace with its attachments and ports;
+    /// answered with `Netns` (the namespace attached). The container belongs to
+    /// this connection: it is released when the connection closes.
+    Setup {
+        container: String,
+        attachments: Vec<Attachment>,
+        forwards: Vec<Forward>,
+        host_access: bool,
+    },
+    Attach {
+        container: String,
+        attachment: Attachment,
+    },
+    Detach {
+        container: String,
+        bridge: String,
+    },
+    Release {
+        container: String,
+    },
+    RemoveBridge {
+        bridge: String,
+    },
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub pid: i32,
+    /// Why containers cannot reach the outside, when they cannot.
+    pub egress_off: Option<String>,
+    /// The address that leads to the host's loopback, when egress is on.
+    pub host_gateway: Option<IpAddr>,
+}
+
+/// What the infra holds, for `rcrun` to show and for tests to check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub bridges: Vec<String>,
+    /// Every link in the infra namespace.
+    pub links: Vec<String>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub veths: Vec<String>,
+    pub forwards: Vec<Forward>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    Hello(Hello),
+    Done,
+    /// The container's network namespace is attached.
+    Netns,
+    Status(Status),
+    Failed(String),
+}
