@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use rcrun::containers::{ContainerView, Containers, ExecFlags, RunFlags};
+use rcrun::containers::{
+    ContainerView, Containers, ExecFlags, NetworkChoice, NetworkMode, RunFlags,
+};
 use rcrun::db::short_id;
 use rcrun::images::{Images, PullOptions, default_data_dir};
+use rcrun::networks::{self, NewNetwork};
 use rcrun::spec::RunRequest;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
@@ -86,9 +89,22 @@ pub struct RunArgs {
     /// Allocate a terminal.
     #[arg(short, long)]
     tty: bool,
-    /// `host` (share rcrun's network) or `none` (loopback only).
-    #[arg(long, default_value = "host")]
-    network: String,
+    /// An rcrun network to join (repeatable; default: the `rcrun` network), or
+    /// `host` (the host's network) or `none` (loopback only).
+    #[arg(long = "network", alias = "net")]
+    network: Vec<String>,
+    /// The container's address on its (first) network.
+    #[arg(long)]
+    ip: Option<std::net::IpAddr>,
+    /// Another name for the container on its (first) network.
+    #[arg(long = "network-alias")]
+    network_alias: Vec<String>,
+    /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp], or CTRPORT for any host port.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Add NAME:IP to /etc/hosts (NAME:host-gateway reaches the host's loopback).
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
     #[command(flatten)]
     pull: PullArgs,
     image: String,
@@ -134,6 +150,62 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network (a bridge in rcrun's network namespace).
+    Create {
+        /// CIDR, e.g. 10.89.7.0/24 (once for IPv4, once for IPv6); default: picked.
+        #[arg(long)]
+        subnet: Vec<String>,
+        /// The gateway of each --subnet, in order (default: its first address).
+        #[arg(long)]
+        gateway: Vec<std::net::IpAddr>,
+        /// No egress: containers reach only each other.
+        #[arg(long)]
+        internal: bool,
+        /// Give the network an IPv6 subnet as well.
+        #[arg(long)]
+        ipv6: bool,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show networks as JSON, with their containers.
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks (in use: refused, unless -f disconnects their containers).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks no container uses.
+    Prune,
+    /// Attach a running container to a network.
+    Connect {
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        alias: Vec<String>,
+        network: String,
+        container: String,
+    },
+    /// Detach a container from a network.
+    Disconnect { network: String, container: String },
+    /// What the infra process holds (bridges, links, containers), as JSON;
+    /// `null` when none runs.
+    #[command(hide = true)]
+    Infra,
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +283,170 @@ pub enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// List a container's published ports.
+    Port { container: String },
+    /// The per-user network infra process (started by rcrun itself).
+    #[command(name = "__infra", hide = true)]
+    Infra { dir: PathBuf },
+}
+
+/// `--network` flags into a mode; `--ip` and `--network-alias` apply to the
+/// first network, as docker's do.
+fn network_mode(args: &RunArgs) -> Result<NetworkMode> {
+    let special = |m: &str| args.network.iter().any(|n| n == m);
+    if special("host") || special("none") {
+        if args.network.len() > 1 {
+            bail!(rcrun::Failure {
+                code: 125,
+                message: "--network host or none cannot be combined with other networks".into(),
+            });
+        }
+        if args.ip.is_some() || !args.network_alias.is_empty() {
+            bail!(rcrun::Failure {
+                code: 125,
+                message: "--ip and --network-alias need an rcrun network".into(),
+            });
+        }
+        return Ok(if special("host") {
+            NetworkMode::Host
+        } else {
+            NetworkMode::None
+        });
+    }
+    let mut names = args.network.clone();
+    if names.is_empty() && (args.ip.is_some() || !args.network_alias.is_empty()) {
+        names.push(networks::DEFAULT_NETWORK.into());
+    }
+    Ok(NetworkMode::Bridge(
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| NetworkChoice {
+                name,
+                ip: if i == 0 { args.ip } else { None },
+                aliases: if i == 0 {
+                    args.network_alias.clone()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect(),
+    ))
+}
+
+fn network_command(command: NetworkCommand) -> Result<i32> {
+    let mut c = open()?;
+    match command {
+        NetworkCommand::Create {
+            subnet,
+            gateway,
+            internal,
+            ipv6,
+            name,
+        } => {
+            let subnets = subnet
+                .iter()
+                .map(|s| {
+                    s.parse().map_err(|e| {
+                        anyhow::Error::new(rcrun::Failure {
+                            code: 125,
+                            message: format!("--subnet: {e}"),
+                        })
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ipv6 = ipv6 || subnets.iter().any(|s: &netns::subnet::Subnet| !s.is_ipv4());
+            let row = networks::create(
+                c.images.db(),
+                &NewNetwork {
+                    name,
+                    subnets,
+                    gateways: gateway,
+                    internal,
+                    ipv6,
+                },
+            )?;
+            println!("{}", row.id);
+            Ok(0)
+        }
+        NetworkCommand::Ls { format } => {
+            networks::find(c.images.db(), networks::DEFAULT_NETWORK)?;
+            let rows = networks::networks(c.images.db_ref())?;
+            let mut out = std::io::stdout().lock();
+            if format == Format::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+                return Ok(0);
+            }
+            writeln!(
+                out,
+                "{:<12} {:<24} {:<8} {:<9} SUBNETS",
+                "NETWORK ID", "NAME", "BRIDGE", "INTERNAL"
+            )?;
+            for n in rows {
+                let subnets: Vec<String> = n.subnets.iter().map(|(s, _)| s.to_string()).collect();
+                writeln!(
+                    out,
+                    "{:<12} {:<24} {:<8} {:<9} {}",
+                    short_id(&n.id),
+                    n.name,
+                    n.bridge,
+                    n.internal,
+                    subnets.join(",")
+                )?;
+            }
+            Ok(0)
+        }
+        NetworkCommand::Inspect { networks } => {
+            let mut all = Vec::new();
+            let code = each(&networks, |name| {
+                all.push(c.inspect_network(name)?);
+                Ok(())
+            });
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            code
+        }
+        NetworkCommand::Rm { force, networks } => each(&networks, |name| {
+            c.remove_network(name, force)?;
+            println!("{name}");
+            Ok(())
+        }),
+        NetworkCommand::Prune => {
+            for n in networks::networks(c.images.db_ref())? {
+                if n.name != networks::DEFAULT_NETWORK
+                    && networks::users(c.images.db_ref(), &n.name)?.is_empty()
+                {
+                    c.remove_network(&n.name, false)?;
+                    println!("{}", n.name);
+                }
+            }
+            Ok(0)
+        }
+        NetworkCommand::Connect {
+            ip,
+            alias,
+            network,
+            container,
+        } => {
+            c.connect(&network, &container, ip, &alias)?;
+            Ok(0)
+        }
+        NetworkCommand::Disconnect { network, container } => {
+            c.disconnect(&network, &container)?;
+            Ok(0)
+        }
+        NetworkCommand::Infra => {
+            let dir = networks::runtime_dir(c.images.data_dir())?;
+            let status = match netns::Infra::connect(&dir)? {
+                Some(infra) => Some((infra.hello().clone(), infra.status()?)),
+                None => None,
+            };
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(0)
+        }
+    }
 }
 
 fn open() -> Result<Containers> {
@@ -389,11 +625,17 @@ pub fn run(command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Run(args) => {
-            let host_network = match args.network.as_str() {
-                "host" => true,
-                "none" => false,
-                other => bail!("unknown network {other:?}: use --network host or --network none"),
-            };
+            let network = network_mode(&args)?;
+            let publish = args
+                .publish
+                .iter()
+                .map(|p| networks::parse_publish(p))
+                .collect::<Result<_>>()?;
+            let add_hosts = args
+                .add_host
+                .iter()
+                .map(|h| networks::parse_add_host(h))
+                .collect::<Result<_>>()?;
             let flags = RunFlags {
                 request: RunRequest {
                     command: args.command,
@@ -407,8 +649,11 @@ pub fn run(command: Command) -> Result<i32> {
                     read_only: args.read_only,
                     hostname: args.hostname,
                     tty: args.tty,
-                    host_network,
+                    network: Default::default(),
                 },
+                network,
+                publish,
+                add_hosts,
                 name: args.name,
                 detach: args.detach,
                 remove: args.rm,
@@ -465,6 +710,14 @@ pub fn run(command: Command) -> Result<i32> {
                 detach: args.detach,
             },
         ),
+        Command::Network(command) => network_command(command),
+        Command::Port { container } => {
+            for p in open()?.ports(&container)? {
+                println!("{}/{} -> {}", p.container_port, p.protocol, p.host);
+            }
+            Ok(0)
+        }
+        Command::Infra { dir } => Ok(networks::infra_main(&dir)),
         Command::Inspect { containers } => {
             let mut c = open()?;
             let mut all = Vec::new();

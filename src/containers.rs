@@ -3,7 +3,8 @@
 //! that reaps them and records the exit code), and stop/kill/rm/exec/logs.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use serde::Serialize;
 
 use crate::db::{ContainerRow, Db, ImageRow, short_id};
 use crate::images::{Images, PullOptions, remove_trees};
-use crate::spec::{self, ContainerFiles, ResolvedUser, RunRequest};
+use crate::networks::{self, DEFAULT_NETWORK, PortRow};
+use crate::spec::{self, ContainerFiles, NetNs, ResolvedUser, RunRequest};
 
 /// Where a container's root filesystem comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,61 @@ pub struct RunFlags {
     pub remove: bool,
     pub interactive: bool,
     pub pull: PullOptions,
+    pub network: NetworkMode,
+    pub publish: Vec<Publish>,
+    pub add_hosts: Vec<(String, HostTarget)>,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// rcrun networks (none named: the default one).
+    Bridge(Vec<NetworkChoice>),
+    Host,
+    None,
+}
+
+impl Default for NetworkMode {
+    fn default() -> Self {
+        NetworkMode::Bridge(Vec::new())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkChoice {
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    pub aliases: Vec<String>,
+}
+
+/// `-p [HOSTIP:]HOSTPORT:CTRPORT[/PROTO]` or `-p CTRPORT` (host port 0: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    pub protocol: netns::Protocol,
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+/// The address side of `--add-host NAME:ADDRESS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostTarget {
+    Ip(IpAddr),
+    /// `host-gateway`: the host's loopback, through egress.
+    HostGateway,
+}
+
+/// A container's network while rcrun runs it: the connection to the infra owns
+/// it (closing every copy releases it), the namespace is what the container joins.
+struct ContainerNet {
+    infra: netns::Infra,
+    netns: OwnedFd,
+}
+
+impl ContainerNet {
+    fn fds(&self) -> [RawFd; 2] {
+        [self.infra.as_fd().as_raw_fd(), self.netns.as_raw_fd()]
+    }
 }
 
 /// A container as `ps` and `inspect` show it.
@@ -59,7 +116,7 @@ fn runtime_root() -> PathBuf {
     oci.parent().map(|p| p.join("containers")).unwrap_or(oci)
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -90,12 +147,52 @@ fn read_all(fd: OwnedFd) -> Vec<u8> {
     out
 }
 
+/// A process's start time (clock ticks since boot), which tells a live process
+/// from a new one that reused its pid.
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(19)?.parse().ok()
+}
+
+fn owner_of(pid: i32) -> Option<(i32, u64)> {
+    process_start(pid).map(|start| (pid, start))
+}
+
 impl Containers {
     pub fn open(data_dir: &Path) -> Result<Self> {
-        Ok(Containers {
+        let mut containers = Containers {
             images: Images::open(data_dir)?,
             runtime: Runtime::new(runtime_root()),
-        })
+        };
+        containers.reconcile()?;
+        Ok(containers)
+    }
+
+    /// Finishes containers whose monitor died (`kill -9` of rcrun): kills what is
+    /// left, records the exit, frees their addresses and ports.
+    fn reconcile(&mut self) -> Result<()> {
+        for (id, pid, start) in self.db().monitored()? {
+            if process_start(pid) == Some(start) {
+                continue;
+            }
+            if let Ok(state) = self.runtime.state(&id)
+                && state.status == Status::Running
+            {
+                let _ = self.runtime.kill(&id, libc::SIGKILL);
+                let _ = self.runtime.wait(&id, Duration::from_secs(5));
+            }
+            let _ = self.runtime.delete(&id, true);
+            let auto_remove = self.db().container(&id)?.is_some_and(|c| c.auto_remove);
+            networks::release(self.db(), &id)?;
+            if auto_remove {
+                self.remove_files(&id)?;
+                self.db().remove_container(&id)?;
+            } else {
+                self.db().set_exit(&id, 128 + libc::SIGKILL)?;
+            }
+        }
+        Ok(())
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -137,7 +234,7 @@ impl Containers {
         image: &ImageRow,
         image_name: &str,
         flags: &RunFlags,
-    ) -> Result<(String, Option<RootfsOverlay>)> {
+    ) -> Result<(String, Option<RootfsOverlay>, Option<ContainerNet>)> {
         let config = self.images.config(image)?;
         let image_config = config.config().as_ref();
         let user_spec = flags
@@ -174,17 +271,165 @@ impl Containers {
             finished: None,
         };
         self.db().insert_container(&row)?;
+        self.db()
+            .set_owner(&id, owner_of(std::process::id() as i32))?;
+        let mut net = None;
         let made = self
-            .write_files(image_config, &id, &hostname, &user, flags)
+            .setup_network(&id, flags)
+            .and_then(|(n, request, hosts)| {
+                net = n;
+                self.write_files(image_config, &id, &hostname, &user, &request, &hosts)
+            })
             .and_then(|()| self.prepare_rootfs(&id, &row.name, image));
         match made {
-            Ok(overlay) => Ok((id, overlay)),
+            Ok(overlay) => Ok((id, overlay, net)),
             Err(e) => {
+                if let Some(net) = &net {
+                    let _ = net.infra.release(&id);
+                }
                 let _ = self.remove_files(&id);
+                let _ = networks::release(self.db(), &id);
                 let _ = self.db().remove_container(&id);
                 Err(e)
             }
         }
+    }
+
+    /// Leases addresses, opens published ports and has the infra build the
+    /// container's network namespace. Returns it, the run request pointing at
+    /// it, and the container's /etc/hosts text.
+    fn setup_network(
+        &mut self,
+        id: &str,
+        flags: &RunFlags,
+    ) -> Result<(Option<ContainerNet>, RunRequest, String)> {
+        let mut request = flags.request.clone();
+        let hostname = flags
+            .request
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        let host_access = flags
+            .add_hosts
+            .iter()
+            .any(|(_, t)| *t == HostTarget::HostGateway);
+        let fixed_hosts = |gateway: Option<IpAddr>| -> Result<Vec<(String, IpAddr)>> {
+            flags
+                .add_hosts
+                .iter()
+                .map(|(name, target)| match target {
+                    HostTarget::Ip(ip) => Ok((name.clone(), *ip)),
+                    HostTarget::HostGateway => {
+                        gateway.map(|g| (name.clone(), g)).ok_or_else(|| {
+                            anyhow!("--add-host {name}:host-gateway needs a network with egress")
+                        })
+                    }
+                })
+                .collect()
+        };
+        let choices = match &flags.network {
+            NetworkMode::Host | NetworkMode::None => {
+                if !flags.publish.is_empty() {
+                    bail!(crate::Failure {
+                        code: 125,
+                        message: "-p publishes ports of a container on an rcrun network; it does nothing with --network host or none".into(),
+                    });
+                }
+                request.network = if flags.network == NetworkMode::Host {
+                    NetNs::Host
+                } else {
+                    NetNs::Own
+                };
+                let hosts = spec::hosts_file(&hostname, None, &fixed_hosts(None)?);
+                return Ok((None, request, hosts));
+            }
+            NetworkMode::Bridge(c) if c.is_empty() => vec![crate::containers::NetworkChoice {
+                name: DEFAULT_NETWORK.into(),
+                ..Default::default()
+            }],
+            NetworkMode::Bridge(c) => c.clone(),
+        };
+        let mut rows = Vec::new();
+        for choice in &choices {
+            if rows
+                .iter()
+                .any(|(n, _): &(networks::NetworkRow, _)| n.name == choice.name)
+            {
+                bail!(crate::Failure {
+                    code: 125,
+                    message: format!("--network {} is given twice", choice.name),
+                });
+            }
+            let network = networks::find(self.db(), &choice.name)?;
+            let attached = networks::attach(self.db(), id, &network, choice.ip, &choice.aliases)?;
+            rows.push((network, attached));
+        }
+        let target = rows[0]
+            .1
+            .addresses
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(rows[0].1.addresses.first())
+            .copied()
+            .ok_or_else(|| anyhow!("network {} gave no address", rows[0].0.name))?;
+        let mut sockets = Vec::new();
+        let mut forwards = Vec::new();
+        for p in &flags.publish {
+            let host = SocketAddr::new(
+                p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                p.host_port,
+            );
+            let (socket, bound) = netns::bind_host_port(p.protocol, host).map_err(|e| {
+                anyhow::Error::new(crate::Failure {
+                    code: 125,
+                    message: e.to_string(),
+                })
+            })?;
+            networks::add_port(
+                self.db(),
+                id,
+                &PortRow {
+                    protocol: p.protocol,
+                    host: bound,
+                    container_port: p.container_port,
+                },
+            )?;
+            sockets.push(socket);
+            forwards.push(netns::Forward {
+                protocol: p.protocol,
+                host: bound,
+                container: SocketAddr::new(target, p.container_port),
+            });
+        }
+        let infra = networks::infra(self.images.data_dir())?;
+        if host_access && infra.hello().host_gateway.is_none() {
+            bail!(crate::Failure {
+                code: 125,
+                message: format!(
+                    "--add-host NAME:host-gateway needs egress, which is off: {}",
+                    infra.hello().egress_off.clone().unwrap_or_default()
+                ),
+            });
+        }
+        let hosts = spec::hosts_file(
+            &hostname,
+            Some(target),
+            &fixed_hosts(infra.hello().host_gateway)?,
+        );
+        let attachments = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (n, a))| networks::to_attachment(n, a, i == 0))
+            .collect();
+        let netns = infra
+            .setup(id, attachments, forwards, &sockets, host_access)
+            .map_err(|e| anyhow!("set up the network of the container: {e}"))?;
+        request.network = NetNs::Join {
+            user: (!nix::unistd::Uid::effective().is_root())
+                .then(|| PathBuf::from(format!("/proc/{}/ns/user", infra.hello().pid))),
+            net: PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd())),
+        };
+        Ok((Some(ContainerNet { infra, netns }), request, hosts))
     }
 
     fn write_files(
@@ -193,7 +438,8 @@ impl Containers {
         id: &str,
         hostname: &str,
         user: &ResolvedUser,
-        flags: &RunFlags,
+        request: &RunRequest,
+        hosts_text: &str,
     ) -> Result<()> {
         let dir = self.dir(id);
         for sub in ["rootfs", "upper", "work"] {
@@ -203,7 +449,7 @@ impl Containers {
         let hosts = dir.join("hosts");
         let hostname_file = dir.join("hostname");
         let resolv = dir.join("resolv.conf");
-        std::fs::write(&hosts, spec::hosts_file(hostname))?;
+        std::fs::write(&hosts, hosts_text)?;
         std::fs::write(&hostname_file, format!("{hostname}\n"))?;
         std::fs::write(&resolv, resolv_conf())?;
         let maps = if nix::unistd::Uid::effective().is_root() {
@@ -227,7 +473,7 @@ impl Containers {
         };
         let spec = spec::build(
             image_config,
-            &flags.request,
+            request,
             user,
             hostname,
             maps.as_ref().map(|(u, g)| (u.as_slice(), g.as_slice())),
@@ -327,9 +573,9 @@ impl Containers {
                 .images
                 .find_or_pull(image_name, &flags.pull, &crate::images::NoDisplay)?,
         };
-        let (id, overlay) = self.create(&image, image_name, flags)?;
+        let (id, overlay, net) = self.create(&image, image_name, flags)?;
         if flags.detach {
-            self.start_detached(&id, overlay, flags.remove)?;
+            self.start_detached(&id, overlay, flags.remove, net)?;
             println!("{id}");
             return Ok(0);
         }
@@ -341,6 +587,7 @@ impl Containers {
             &self.dir(&id),
             &RunOptions {
                 overlay,
+                die_with_parent: true,
                 ..Default::default()
             },
         );
@@ -348,12 +595,17 @@ impl Containers {
             Ok(code) => *code,
             Err(e) => e.exit_code(),
         };
+        if let Some(net) = net {
+            let _ = net.infra.release(&id);
+        }
         self.finish(&id, code, flags.remove)?;
         result.map_err(Into::into)
     }
 
-    /// Records the exit; removes the container if it was `--rm`.
+    /// Records the exit and frees the container's addresses and ports; removes
+    /// the container if it was `--rm`.
     fn finish(&mut self, id: &str, code: i32, remove: bool) -> Result<()> {
+        networks::release(self.db(), id)?;
         if remove {
             self.remove_files(id)?;
             self.db().remove_container(id)
@@ -369,6 +621,7 @@ impl Containers {
         id: &str,
         overlay: Option<RootfsOverlay>,
         remove: bool,
+        net: Option<ContainerNet>,
     ) -> Result<()> {
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
@@ -382,11 +635,16 @@ impl Containers {
         match forked? {
             ForkResult::Child => {
                 drop(read_end);
-                let code = self.monitor(id, overlay, remove, &log, write_end);
+                let keep = net.as_ref().map(|n| n.fds()).unwrap_or([-1, -1]);
+                let code = self.monitor(id, overlay, remove, &log, write_end, &keep);
+                drop(net);
                 std::process::exit(code);
             }
-            ForkResult::Parent { .. } => {
+            ForkResult::Parent { child } => {
                 drop(write_end);
+                // The monitor holds the network now.
+                drop(net);
+                self.db().set_owner(id, owner_of(child.as_raw()))?;
                 let answer = read_all(read_end);
                 let answer = String::from_utf8_lossy(&answer);
                 if answer == "ok" {
@@ -417,6 +675,7 @@ impl Containers {
         remove: bool,
         log: &Path,
         report: OwnedFd,
+        keep: &[RawFd],
     ) -> i32 {
         let setup = (|| -> Result<()> {
             if report.as_raw_fd() < 3 {
@@ -443,12 +702,23 @@ impl Containers {
             drop((null, out));
             // Whatever the caller of `run -d` left open (a CI job's pipes) must not
             // stay open for the container's lifetime.
-            let keep = report.as_raw_fd() as u32;
-            // SAFETY: closes descriptors nothing in this process uses.
-            unsafe {
-                libc::close_range(3, keep - 1, 0);
-                libc::close_range(keep + 1, u32::MAX, 0);
+            let mut keep: Vec<u32> = keep
+                .iter()
+                .chain(std::iter::once(&report.as_raw_fd()))
+                .filter(|fd| **fd >= 3)
+                .map(|fd| *fd as u32)
+                .collect();
+            keep.sort_unstable();
+            let mut from = 3u32;
+            for fd in keep {
+                if fd > from {
+                    // SAFETY: closes descriptors nothing in this process uses.
+                    unsafe { libc::close_range(from, fd - 1, 0) };
+                }
+                from = fd + 1;
             }
+            // SAFETY: as above.
+            unsafe { libc::close_range(from, u32::MAX, 0) };
             // SAFETY: plain prctl.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
             Ok(())
@@ -461,6 +731,7 @@ impl Containers {
                     &RunOptions {
                         detach: true,
                         overlay,
+                        die_with_parent: true,
                         ..Default::default()
                     },
                 )
@@ -527,8 +798,12 @@ impl Containers {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let attachments = networks::attachments(self.db(), &row.id)?;
+        let ports = networks::ports(self.db(), &row.id)?;
         let view = self.view(row);
         let mut value = serde_json::to_value(&view)?;
+        value["networks"] = serde_json::to_value(attachments)?;
+        value["ports"] = serde_json::to_value(ports)?;
         value["spec"] = spec;
         value["log_path"] = serde_json::json!(dir.join("ctr.log"));
         Ok(value)
@@ -600,6 +875,148 @@ impl Containers {
         self.remove_files(&row.id)?;
         self.db().remove_container(&row.id)?;
         Ok(row.name)
+    }
+
+    /// `network connect`: attaches a running container to one more network.
+    pub fn connect(
+        &mut self,
+        network: &str,
+        key: &str,
+        ip: Option<IpAddr>,
+        aliases: &[String],
+    ) -> Result<()> {
+        let row = self.lookup(key)?;
+        if !self.view(row.clone()).running {
+            bail!(crate::Failure {
+                code: 125,
+                message: format!(
+                    "container {} is not running: rcrun connects running containers",
+                    row.name
+                ),
+            });
+        }
+        let net = networks::find(self.db(), network)?;
+        let first = networks::attachments(self.db(), &row.id)?.is_empty();
+        let attached = networks::attach(self.db(), &row.id, &net, ip, aliases)?;
+        let done = networks::infra(self.images.data_dir()).and_then(|infra| {
+            infra
+                .attach(&row.id, networks::to_attachment(&net, &attached, first))
+                .map_err(|e| anyhow!("connect {} to network {}: {e}", row.name, net.name))
+        });
+        if done.is_err() {
+            networks::detach(self.db(), &row.id, &net.name)?;
+        }
+        done
+    }
+
+    /// `network disconnect`.
+    pub fn disconnect(&mut self, network: &str, key: &str) -> Result<()> {
+        let row = self.lookup(key)?;
+        let net = networks::network(self.db_ref(), network)?.ok_or_else(|| {
+            anyhow::Error::new(crate::Failure {
+                code: 125,
+                message: format!("network {network:?} not found (see `rcrun network ls`)"),
+            })
+        })?;
+        if !networks::attachments(self.db(), &row.id)?
+            .iter()
+            .any(|a| a.network == net.name)
+        {
+            bail!(crate::Failure {
+                code: 125,
+                message: format!("container {} is not on network {}", row.name, net.name),
+            });
+        }
+        if self.view(row.clone()).running {
+            networks::infra(self.images.data_dir())?
+                .detach(&row.id, &net.bridge)
+                .map_err(|e| anyhow!("disconnect {} from {}: {e}", row.name, net.name))?;
+        }
+        networks::detach(self.db(), &row.id, &net.name)
+    }
+
+    /// `network rm`: refused while containers use it, unless `force` (then they
+    /// are disconnected).
+    pub fn remove_network(&mut self, name: &str, force: bool) -> Result<()> {
+        if name == DEFAULT_NETWORK {
+            bail!(crate::Failure {
+                code: 125,
+                message: format!("{DEFAULT_NETWORK} is the default network and cannot be removed"),
+            });
+        }
+        let net = networks::network(self.db_ref(), name)?.ok_or_else(|| {
+            anyhow::Error::new(crate::Failure {
+                code: 125,
+                message: format!("network {name:?} not found (see `rcrun network ls`)"),
+            })
+        })?;
+        let users = networks::users(self.db_ref(), &net.name)?;
+        if !users.is_empty() && !force {
+            let names: Vec<String> = users
+                .iter()
+                .filter_map(|id| self.images.db_ref().container(id).ok().flatten())
+                .map(|c| c.name)
+                .collect();
+            bail!(crate::Failure {
+                code: 125,
+                message: format!(
+                    "network {} is in use by container(s) {}: remove or disconnect them first, or use -f",
+                    net.name,
+                    names.join(", ")
+                ),
+            });
+        }
+        for id in users {
+            self.disconnect(&net.name, &id)?;
+        }
+        let dir = networks::runtime_dir(self.images.data_dir())?;
+        if let Some(infra) = netns::Infra::connect(&dir)? {
+            infra.remove_bridge(&net.bridge)?;
+        }
+        networks::remove(self.db(), &net.name)
+    }
+
+    /// `network inspect`: the network and its containers.
+    pub fn inspect_network(&mut self, name: &str) -> Result<serde_json::Value> {
+        let net = networks::network(self.db_ref(), name)?.ok_or_else(|| {
+            anyhow::Error::new(crate::Failure {
+                code: 125,
+                message: format!("network {name:?} not found (see `rcrun network ls`)"),
+            })
+        })?;
+        let mut containers = Vec::new();
+        for id in networks::users(self.db_ref(), &net.name)? {
+            let Some(row) = self.db().container(&id)? else {
+                continue;
+            };
+            let attachment = networks::attachments(self.db(), &id)?
+                .into_iter()
+                .find(|a| a.network == net.name);
+            containers.push(serde_json::json!({
+                "id": id, "name": row.name, "attachment": attachment,
+            }));
+        }
+        let mut value = serde_json::to_value(&net)?;
+        value["containers"] = serde_json::json!(containers);
+        let dir = networks::runtime_dir(self.images.data_dir())?;
+        if let Some(infra) = netns::Infra::connect(&dir)? {
+            value["egress"] = match &infra.hello().egress_off {
+                None if net.internal => serde_json::json!("off: internal network"),
+                None => serde_json::json!("on"),
+                Some(reason) => serde_json::json!(format!("off: {reason}")),
+            };
+        }
+        Ok(value)
+    }
+
+    /// `port`: the container's published ports.
+    pub fn ports(&mut self, key: &str) -> Result<Vec<PortRow>> {
+        let row = self.lookup(key)?;
+        networks::ports(self.db(), &row.id)
+    }
+
+    fn db_ref(&self) -> &Db {
+        self.images.db_ref()
     }
 
     fn remove_files(&self, id: &str) -> Result<()> {

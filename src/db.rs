@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS containers (
     created     TEXT NOT NULL,
     auto_remove INTEGER NOT NULL,
     exit_code   INTEGER,
-    finished    TEXT
+    finished    TEXT,
+    owner_pid   INTEGER,            -- the process that is its monitor while it runs
+    owner_start INTEGER             -- that process's start time (pid reuse)
 );
 ";
 
@@ -113,6 +115,8 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("create the schema of {}", path.display()))?;
+        conn.execute_batch(crate::networks::SCHEMA)
+            .with_context(|| format!("create the network schema of {}", path.display()))?;
         Ok(Db { conn, path })
     }
 
@@ -396,10 +400,41 @@ impl Db {
 
     pub fn set_exit(&mut self, id: &str, code: i32) -> Result<()> {
         self.conn.execute(
-            "UPDATE containers SET exit_code = ?2, finished = ?3 WHERE id = ?1",
+            "UPDATE containers SET exit_code = ?2, finished = ?3, owner_pid = NULL WHERE id = ?1",
             params![id, code, now_rfc3339()],
         )?;
         Ok(())
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub(crate) fn conn_ref(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Records which process monitors the container (and must be alive while
+    /// it runs).
+    pub fn set_owner(&mut self, id: &str, owner: Option<(i32, u64)>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE containers SET owner_pid = ?2, owner_start = ?3 WHERE id = ?1",
+            params![id, owner.map(|o| o.0), owner.map(|o| o.1 as i64)],
+        )?;
+        Ok(())
+    }
+
+    /// Containers without a recorded exit that have a monitor: (id, pid, start).
+    pub fn monitored(&self) -> Result<Vec<(String, i32, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, owner_pid, owner_start FROM containers
+             WHERE exit_code IS NULL AND owner_pid IS NOT NULL",
+        )?;
+        Ok(stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn remove_container(&mut self, id: &str) -> Result<()> {

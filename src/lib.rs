@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod db;
 pub mod images;
+pub mod networks;
 pub mod progress;
 pub mod spec;
 

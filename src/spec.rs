@@ -22,8 +22,20 @@ pub struct RunRequest {
     pub read_only: bool,
     pub hostname: Option<String>,
     pub tty: bool,
-    /// Share the host's network namespace (`--network host`).
-    pub host_network: bool,
+    pub network: NetNs,
+}
+
+/// The container's network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetNs {
+    /// A new one with only loopback (`--network none`).
+    #[default]
+    Own,
+    /// The host's (`--network host`).
+    Host,
+    /// One made by the infra, inside its user namespace (rootless) that the
+    /// container joins too.
+    Join { user: Option<PathBuf>, net: PathBuf },
 }
 
 /// Where a container's generated files live on the host.
@@ -361,19 +373,49 @@ pub fn build(
     for t in &req.tmpfs {
         mounts.push(tmpfs_mount(t)?);
     }
-    if req.host_network
-        && let Some(ns) = spec["linux"]["namespaces"].as_array_mut()
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        match &req.network {
+            NetNs::Own => {}
+            NetNs::Host => ns.retain(|n| n["type"] != "network"),
+            NetNs::Join { user, net } => {
+                for n in ns.iter_mut() {
+                    if n["type"] == "network" {
+                        n["path"] = json!(net);
+                    }
+                    if let Some(user) = user
+                        && n["type"] == "user"
+                    {
+                        n["path"] = json!(user);
+                    }
+                }
+            }
+        }
+    }
+    if let NetNs::Join { user: Some(_), .. } = &req.network
+        && let Some(linux) = spec["linux"].as_object_mut()
     {
-        ns.retain(|n| n["type"] != "network");
+        // Joined: the infra's user namespace is mapped already.
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
     }
     serde_json::from_value(spec).context("build the container's spec")
 }
 
-/// The contents of a container's /etc/hosts.
-pub fn hosts_file(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    )
+/// The contents of a container's /etc/hosts: localhost, itself (at its first
+/// address on a network, else 127.0.1.1), then `extra` (`--add-host`).
+pub fn hosts_file(
+    hostname: &str,
+    own: Option<std::net::IpAddr>,
+    extra: &[(String, std::net::IpAddr)],
+) -> String {
+    let own = own.map_or("127.0.1.1".to_string(), |ip| ip.to_string());
+    let mut text = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
+    );
+    for (name, ip) in extra {
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -266,7 +266,7 @@ fn bad_input_fails_cleanly() {
             "busybox:1.35",
             "true",
         ],
-        "unknown network",
+        "network \"bridge0\" not found",
     );
     env.fails(&["logs", "no-such-container"], "no such container");
     env.fails(&["rmi", "localhost/never-pulled:1"], "no such image");

@@ -325,7 +325,10 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(rcrun());
-        c.env("RCRUN_DATA_DIR", self.data()).args(args);
+        // The network infra of a test's data dir goes soon after its last user.
+        c.env("RCRUN_DATA_DIR", self.data())
+            .env("RCRUN_INFRA_LINGER", "1")
+            .args(args);
         c
     }
 
