@@ -81,17 +81,6 @@ impl Infra {
         }
     }
 
-    /// Whether an infra process runs for `dir` (its lock is held).
-    pub fn is_running(dir: &Path) -> bool {
-        match File::options().write(true).open(dir.join(LOCK)) {
-            Ok(f) => match f.try_lock() {
-                Ok(()) => false,
-                Err(_) => true,
-            },
-            Err(_) => false,
-        }
-    }
-
     /// Takes the infra lock for a new infra process; `None` if one runs. The
     /// returned file must stay open for the infra's whole life.
     pub fn claim(dir: &Path) -> Result<Option<File>, Error> {
