@@ -299,16 +299,10 @@ fn network_mode(args: &RunArgs) -> Result<NetworkMode> {
     let special = |m: &str| args.network.iter().any(|n| n == m);
     if special("host") || special("none") {
         if args.network.len() > 1 {
-            bail!(rcrun::Failure {
-                code: 125,
-                message: "--network host or none cannot be combined with other networks".into(),
-            });
+            bail!("--network host or none cannot be combined with other networks");
         }
         if args.ip.is_some() || !args.network_alias.is_empty() {
-            bail!(rcrun::Failure {
-                code: 125,
-                message: "--ip and --network-alias need an rcrun network".into(),
-            });
+            bail!("--ip and --network-alias need an rcrun network");
         }
         return Ok(if special("host") {
             NetworkMode::Host
@@ -349,14 +343,7 @@ fn network_command(command: NetworkCommand) -> Result<i32> {
         } => {
             let subnets = subnet
                 .iter()
-                .map(|s| {
-                    s.parse().map_err(|e| {
-                        anyhow::Error::new(rcrun::Failure {
-                            code: 125,
-                            message: format!("--subnet: {e}"),
-                        })
-                    })
-                })
+                .map(|s| s.parse().map_err(|e| anyhow::anyhow!("--subnet: {e}")))
                 .collect::<Result<Vec<_>>>()?;
             let ipv6 = ipv6 || subnets.iter().any(|s: &netns::subnet::Subnet| !s.is_ipv4());
             let row = networks::create(

@@ -275,7 +275,7 @@ impl Containers {
             .set_owner(&id, owner_of(std::process::id() as i32))?;
         let mut net = None;
         let made = self
-            .setup_network(&id, flags)
+            .setup_network(&id, &hostname, flags)
             .and_then(|(n, request, hosts)| {
                 net = n;
                 self.write_files(image_config, &id, &hostname, &user, &request, &hosts)
@@ -301,14 +301,10 @@ impl Containers {
     fn setup_network(
         &mut self,
         id: &str,
+        hostname: &str,
         flags: &RunFlags,
     ) -> Result<(Option<ContainerNet>, RunRequest, String)> {
         let mut request = flags.request.clone();
-        let hostname = flags
-            .request
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
         let host_access = flags
             .add_hosts
             .iter()
@@ -330,20 +326,19 @@ impl Containers {
         let choices = match &flags.network {
             NetworkMode::Host | NetworkMode::None => {
                 if !flags.publish.is_empty() {
-                    bail!(crate::Failure {
-                        code: 125,
-                        message: "-p publishes ports of a container on an rcrun network; it does nothing with --network host or none".into(),
-                    });
+                    bail!(
+                        "-p publishes ports of a container on an rcrun network; it does nothing with --network host or none"
+                    );
                 }
                 request.network = if flags.network == NetworkMode::Host {
                     NetNs::Host
                 } else {
                     NetNs::Own
                 };
-                let hosts = spec::hosts_file(&hostname, None, &fixed_hosts(None)?);
+                let hosts = spec::hosts_file(hostname, None, &fixed_hosts(None)?);
                 return Ok((None, request, hosts));
             }
-            NetworkMode::Bridge(c) if c.is_empty() => vec![crate::containers::NetworkChoice {
+            NetworkMode::Bridge(c) if c.is_empty() => vec![NetworkChoice {
                 name: DEFAULT_NETWORK.into(),
                 ..Default::default()
             }],
@@ -355,10 +350,7 @@ impl Containers {
                 .iter()
                 .any(|(n, _): &(networks::NetworkRow, _)| n.name == choice.name)
             {
-                bail!(crate::Failure {
-                    code: 125,
-                    message: format!("--network {} is given twice", choice.name),
-                });
+                bail!("--network {} is given twice", choice.name);
             }
             let network = networks::find(self.db(), &choice.name)?;
             let attached = networks::attach(self.db(), id, &network, choice.ip, &choice.aliases)?;
@@ -379,12 +371,7 @@ impl Containers {
                 p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 p.host_port,
             );
-            let (socket, bound) = netns::bind_host_port(p.protocol, host).map_err(|e| {
-                anyhow::Error::new(crate::Failure {
-                    code: 125,
-                    message: e.to_string(),
-                })
-            })?;
+            let (socket, bound) = netns::bind_host_port(p.protocol, host)?;
             networks::add_port(
                 self.db(),
                 id,
@@ -403,16 +390,13 @@ impl Containers {
         }
         let infra = networks::infra(self.images.data_dir())?;
         if host_access && infra.hello().host_gateway.is_none() {
-            bail!(crate::Failure {
-                code: 125,
-                message: format!(
-                    "--add-host NAME:host-gateway needs egress, which is off: {}",
-                    infra.hello().egress_off.clone().unwrap_or_default()
-                ),
-            });
+            bail!(
+                "--add-host NAME:host-gateway needs egress, which is off: {}",
+                infra.hello().egress_off.clone().unwrap_or_default()
+            );
         }
         let hosts = spec::hosts_file(
-            &hostname,
+            hostname,
             Some(target),
             &fixed_hosts(infra.hello().host_gateway)?,
         );
@@ -887,13 +871,10 @@ impl Containers {
     ) -> Result<()> {
         let row = self.lookup(key)?;
         if !self.view(row.clone()).running {
-            bail!(crate::Failure {
-                code: 125,
-                message: format!(
-                    "container {} is not running: rcrun connects running containers",
-                    row.name
-                ),
-            });
+            bail!(
+                "container {} is not running: rcrun connects running containers",
+                row.name
+            );
         }
         let net = networks::find(self.db(), network)?;
         let first = networks::attachments(self.db(), &row.id)?.is_empty();
@@ -913,19 +894,13 @@ impl Containers {
     pub fn disconnect(&mut self, network: &str, key: &str) -> Result<()> {
         let row = self.lookup(key)?;
         let net = networks::network(self.db_ref(), network)?.ok_or_else(|| {
-            anyhow::Error::new(crate::Failure {
-                code: 125,
-                message: format!("network {network:?} not found (see `rcrun network ls`)"),
-            })
+            anyhow::anyhow!("network {network:?} not found (see `rcrun network ls`)")
         })?;
         if !networks::attachments(self.db(), &row.id)?
             .iter()
             .any(|a| a.network == net.name)
         {
-            bail!(crate::Failure {
-                code: 125,
-                message: format!("container {} is not on network {}", row.name, net.name),
-            });
+            bail!("container {} is not on network {}", row.name, net.name);
         }
         if self.view(row.clone()).running {
             networks::infra(self.images.data_dir())?
@@ -939,16 +914,10 @@ impl Containers {
     /// are disconnected).
     pub fn remove_network(&mut self, name: &str, force: bool) -> Result<()> {
         if name == DEFAULT_NETWORK {
-            bail!(crate::Failure {
-                code: 125,
-                message: format!("{DEFAULT_NETWORK} is the default network and cannot be removed"),
-            });
+            bail!("{DEFAULT_NETWORK} is the default network and cannot be removed");
         }
         let net = networks::network(self.db_ref(), name)?.ok_or_else(|| {
-            anyhow::Error::new(crate::Failure {
-                code: 125,
-                message: format!("network {name:?} not found (see `rcrun network ls`)"),
-            })
+            anyhow::anyhow!("network {name:?} not found (see `rcrun network ls`)")
         })?;
         let users = networks::users(self.db_ref(), &net.name)?;
         if !users.is_empty() && !force {
@@ -957,14 +926,11 @@ impl Containers {
                 .filter_map(|id| self.images.db_ref().container(id).ok().flatten())
                 .map(|c| c.name)
                 .collect();
-            bail!(crate::Failure {
-                code: 125,
-                message: format!(
-                    "network {} is in use by container(s) {}: remove or disconnect them first, or use -f",
-                    net.name,
-                    names.join(", ")
-                ),
-            });
+            bail!(
+                "network {} is in use by container(s) {}: remove or disconnect them first, or use -f",
+                net.name,
+                names.join(", ")
+            );
         }
         for id in users {
             self.disconnect(&net.name, &id)?;
@@ -979,10 +945,7 @@ impl Containers {
     /// `network inspect`: the network and its containers.
     pub fn inspect_network(&mut self, name: &str) -> Result<serde_json::Value> {
         let net = networks::network(self.db_ref(), name)?.ok_or_else(|| {
-            anyhow::Error::new(crate::Failure {
-                code: 125,
-                message: format!("network {name:?} not found (see `rcrun network ls`)"),
-            })
+            anyhow::anyhow!("network {name:?} not found (see `rcrun network ls`)")
         })?;
         let mut containers = Vec::new();
         for id in networks::users(self.db_ref(), &net.name)? {

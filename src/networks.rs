@@ -10,7 +10,6 @@ use netns::{Attachment, BridgeSpec, Infra, Protocol};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::Failure;
 use crate::db::Db;
 
 pub(crate) const SCHEMA: &str = "
@@ -58,6 +57,12 @@ pub struct NetworkRow {
 }
 
 impl NetworkRow {
+    /// The subnets as `a, b`, for messages.
+    pub fn subnet_list(&self) -> String {
+        let list: Vec<String> = self.subnets.iter().map(|(s, _)| s.to_string()).collect();
+        list.join(", ")
+    }
+
     pub fn bridge_spec(&self) -> BridgeSpec {
         BridgeSpec {
             bridge: self.bridge.clone(),
@@ -92,10 +97,6 @@ pub struct PortRow {
     pub protocol: Protocol,
     pub host: SocketAddr,
     pub container_port: u16,
-}
-
-fn bad(message: String) -> anyhow::Error {
-    anyhow::Error::new(Failure { code: 125, message })
 }
 
 fn network_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NetworkRow> {
@@ -146,26 +147,26 @@ pub fn find(db: &mut Db, name: &str) -> Result<NetworkRow> {
             },
         );
     }
-    Err(bad(format!(
+    Err(anyhow!(
         "network {name:?} not found: create it with `rcrun network create {name}`, or list networks with `rcrun network ls`"
-    )))
+    ))
 }
 
 pub fn create(db: &mut Db, req: &NewNetwork) -> Result<NetworkRow> {
-    crate::spec::validate_name("network", &req.name).map_err(|e| bad(format!("{e:#}")))?;
+    crate::spec::validate_name("network", &req.name)?;
     if req.name == "host" || req.name == "none" {
-        bail!(bad(format!(
+        bail!(
             "{:?} is a network mode, not a network name: choose another name",
             req.name
-        )));
+        );
     }
     if req.subnets.iter().filter(|s| s.is_ipv4()).count() > 1
         || req.subnets.iter().filter(|s| !s.is_ipv4()).count() > 1
     {
-        bail!(bad("give at most one IPv4 and one IPv6 --subnet".into()));
+        bail!("give at most one IPv4 and one IPv6 --subnet");
     }
     if req.gateways.len() > req.subnets.len() {
-        bail!(bad("each --gateway needs its own --subnet".into()));
+        bail!("each --gateway needs its own --subnet");
     }
     let tx = db
         .conn()
@@ -179,10 +180,11 @@ pub fn create(db: &mut Db, req: &NewNetwork) -> Result<NetworkRow> {
         .optional()?
         .unwrap_or(false);
     if exists {
-        bail!(bad(format!(
+        bail!(
             "network {:?} already exists: remove it first (rcrun network rm {}) or choose another name",
-            req.name, req.name
-        )));
+            req.name,
+            req.name
+        );
     }
     let others: Vec<NetworkRow> = {
         let mut stmt = tx.prepare(&format!("SELECT {NETWORK_COLUMNS} FROM networks"))?;
@@ -196,25 +198,17 @@ pub fn create(db: &mut Db, req: &NewNetwork) -> Result<NetworkRow> {
             .iter()
             .find(|o| o.subnets.iter().any(|(os, _)| os.overlaps(s)))
         {
-            bail!(bad(format!(
+            bail!(
                 "subnet {s} overlaps network {:?} ({}): choose another subnet",
                 o.name,
-                o.subnets
-                    .iter()
-                    .map(|(s, _)| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+                o.subnet_list()
+            );
         }
         if let Some(r) = routes.iter().find(|r| r.overlaps(s)) {
-            bail!(bad(format!(
-                "subnet {s} overlaps the host's route to {r}: choose another subnet"
-            )));
+            bail!("subnet {s} overlaps the host's route to {r}: choose another subnet");
         }
         if let Some(r) = reserved.iter().find(|r| r.overlaps(s)) {
-            bail!(bad(format!(
-                "subnet {s} overlaps {r}, which rcrun's egress uses: choose another subnet"
-            )));
+            bail!("subnet {s} overlaps {r}, which rcrun's egress uses: choose another subnet");
         }
         Ok(())
     };
@@ -223,9 +217,7 @@ pub fn create(db: &mut Db, req: &NewNetwork) -> Result<NetworkRow> {
         check(s)?;
         let gateway = match req.gateways.get(i) {
             Some(gw) if s.is_host(*gw) => *gw,
-            Some(gw) => bail!(bad(format!(
-                "gateway {gw} is not a usable address of subnet {s}"
-            ))),
+            Some(gw) => bail!("gateway {gw} is not a usable address of subnet {s}"),
             None => s.default_gateway(),
         };
         subnets.push((*s, gateway));
@@ -243,19 +235,14 @@ pub fn create(db: &mut Db, req: &NewNetwork) -> Result<NetworkRow> {
             continue;
         }
         let s = subnet::pick(v6, &avoid).ok_or_else(|| {
-            bad("no free subnet is left in rcrun's pool: remove unused networks (rcrun network prune) or give --subnet".into())
+            anyhow!("no free subnet is left in rcrun's pool: remove unused networks (rcrun network prune) or give --subnet")
         })?;
         avoid.push(s);
         subnets.push((s, s.default_gateway()));
     }
-    let taken: Vec<String> = {
-        let mut stmt = tx.prepare("SELECT bridge FROM networks")?;
-        stmt.query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?
-    };
     let bridge = (0..)
         .map(|n| format!("rcbr{n}"))
-        .find(|b| !taken.contains(b))
+        .find(|b| others.iter().all(|o| &o.bridge != b))
         .expect("unbounded");
     let row = NetworkRow {
         name: req.name.clone(),
@@ -308,21 +295,16 @@ pub fn attach(
 ) -> Result<AttachmentRow> {
     for alias in aliases {
         crate::spec::validate_hostname(alias)
-            .map_err(|e| bad(format!("--network-alias {alias:?}: {e:#}")))?;
+            .map_err(|e| anyhow!("--network-alias {alias:?}: {e:#}"))?;
     }
     if let Some(ip) = ip
         && !network.subnets.iter().any(|(s, _)| s.contains(ip))
     {
-        bail!(bad(format!(
+        bail!(
             "--ip {ip} is outside network {:?} ({}): pick an address in its subnet",
             network.name,
-            network
-                .subnets
-                .iter()
-                .map(|(s, _)| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+            network.subnet_list()
+        );
     }
     let tx = db
         .conn()
@@ -336,10 +318,7 @@ pub fn attach(
         .optional()?
         .unwrap_or(false);
     if already {
-        bail!(bad(format!(
-            "the container is already on network {:?}",
-            network.name
-        )));
+        bail!("the container is already on network {:?}", network.name);
     }
     let used: Vec<String> = {
         let mut stmt = tx.prepare("SELECT ifname FROM attachments WHERE container = ?1")?;
@@ -361,10 +340,10 @@ pub fn attach(
         let address = match ip.filter(|ip| subnet.contains(*ip)) {
             Some(ip) => {
                 if ip == *gateway || !subnet.is_host(ip) {
-                    bail!(bad(format!(
+                    bail!(
                         "--ip {ip} is reserved on network {:?} (gateway, network or broadcast address): pick another",
                         network.name
-                    )));
+                    );
                 }
                 if taken.contains(&ip) {
                     let holder: String = tx.query_row(
@@ -373,18 +352,18 @@ pub fn attach(
                         params![network.name, ip.to_string()],
                         |r| r.get(0),
                     )?;
-                    bail!(bad(format!(
+                    bail!(
                         "--ip {ip} is already in use on network {:?} by container {holder}: pick another address",
                         network.name
-                    )));
+                    );
                 }
                 ip
             }
             None => subnet::allocate(subnet, *gateway, &taken).ok_or_else(|| {
-                bad(format!(
+                anyhow!(
                     "network {:?} has no free address left in {subnet}",
                     network.name
-                ))
+                )
             })?,
         };
         tx.execute(
@@ -660,9 +639,7 @@ pub fn infra_main(dir: &Path) -> i32 {
 /// (IPv6 host addresses in brackets).
 pub fn parse_publish(text: &str) -> Result<crate::containers::Publish> {
     let fail = |why: &str| {
-        bad(format!(
-            "-p {text:?}: {why}; write [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp] or CTRPORT"
-        ))
+        anyhow!("-p {text:?}: {why}; write [HOSTIP:]HOSTPORT:CTRPORT[/tcp|/udp] or CTRPORT")
     };
     let (spec, protocol) = match text.rsplit_once('/') {
         Some((s, "tcp")) => (s, Protocol::Tcp),
@@ -729,19 +706,15 @@ pub fn parse_publish(text: &str) -> Result<crate::containers::Publish> {
 pub fn parse_add_host(text: &str) -> Result<(String, crate::containers::HostTarget)> {
     use crate::containers::HostTarget;
     let (name, target) = text.split_once(':').ok_or_else(|| {
-        bad(format!(
-            "--add-host {text:?}: write NAME:IP, or NAME:host-gateway for the host's loopback"
-        ))
+        anyhow!("--add-host {text:?}: write NAME:IP, or NAME:host-gateway for the host's loopback")
     })?;
-    crate::spec::validate_hostname(name).map_err(|e| bad(format!("--add-host {text:?}: {e:#}")))?;
+    crate::spec::validate_hostname(name).map_err(|e| anyhow!("--add-host {text:?}: {e:#}"))?;
     let target = if target == "host-gateway" {
         HostTarget::HostGateway
     } else {
         let ip = target.trim_start_matches('[').trim_end_matches(']');
         HostTarget::Ip(ip.parse().map_err(|_| {
-            bad(format!(
-                "--add-host {text:?}: {target:?} is not an IP address (or host-gateway)"
-            ))
+            anyhow!("--add-host {text:?}: {target:?} is not an IP address (or host-gateway)")
         })?)
     };
     Ok((name.to_string(), target))

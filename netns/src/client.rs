@@ -19,13 +19,17 @@ pub struct Infra {
     hello: Hello,
 }
 
-fn lock(path: &Path) -> Result<File, Error> {
-    let file = File::options()
+fn open_lock_file(path: &Path) -> Result<File, Error> {
+    File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))
+}
+
+fn lock(path: &Path) -> Result<File, Error> {
+    let file = open_lock_file(path)?;
     file.lock()
         .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
     Ok(file)
@@ -85,12 +89,7 @@ impl Infra {
     /// returned file must stay open for the infra's whole life.
     pub fn claim(dir: &Path) -> Result<Option<File>, Error> {
         let path = dir.join(LOCK);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

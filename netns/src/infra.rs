@@ -138,7 +138,7 @@ pub fn infra_child(sync: OwnedFd, dir: &Path, linger: Duration) -> i32 {
     };
     let local = tokio::task::LocalSet::new();
     let code = local.block_on(&runtime, async {
-        let state = match State::new(off, dir) {
+        let state = match State::new(off) {
             Ok(s) => s,
             Err(e) => return fail(&sync, e.to_string()),
         };
@@ -191,7 +191,7 @@ struct State {
 }
 
 impl State {
-    fn new(egress_off: Option<String>, _dir: &Path) -> Result<Self, Error> {
+    fn new(egress_off: Option<String>) -> Result<Self, Error> {
         Ok(State {
             n0: Netlink::open("the infra namespace")?,
             bridges: BTreeMap::new(),

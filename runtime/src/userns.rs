@@ -16,35 +16,16 @@ use crate::channel::{self, Channel, ToChild, ToParent};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::{idmap, process};
 
-fn child(
-    channel: &Channel,
-    in_userns: bool,
-    work: impl FnOnce() -> std::result::Result<(), String>,
-) -> SetupFailure {
+/// In the child, already root in its user namespace: a private mount namespace,
+/// then `work`. Ends in _exit on success.
+fn child(work: impl FnOnce() -> std::result::Result<(), String>) -> SetupFailure {
     let fail = |step: &str, detail: String| SetupFailure {
         step: step.into(),
         detail,
         kind: FailureKind::Setup,
     };
-    let flags = if in_userns {
-        CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
-    } else {
-        CloneFlags::CLONE_NEWNS
-    };
-    if let Err(e) = unshare(flags) {
-        return fail("create the user and mount namespaces", e.desc().into());
-    }
-    if in_userns {
-        if let Err(e) = channel.send(&ToParent::MapsNeeded, None) {
-            return fail("ask for the id maps", e.desc().into());
-        }
-        match channel.recv::<ToChild>() {
-            Ok(Some((ToChild::MapsWritten, _))) => {}
-            _ => return fail("wait for the id maps", "rcrun went away".into()),
-        }
-        if let Err(f) = process::become_root() {
-            return f;
-        }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        return fail("create the mount namespace", e.desc().into());
     }
     if let Err(e) = mount(
         None::<&str>,
@@ -80,45 +61,28 @@ pub fn run_in_user_namespace(
     what: &str,
     work: impl FnOnce() -> std::result::Result<(), String>,
 ) -> Result<()> {
-    let in_userns = !nix::unistd::Uid::effective().is_root();
     let (parent, child_end) =
         channel::pair().map_err(|e| Error::sys("create the sync socket", e))?;
-    // SAFETY: the child only runs `child`, which ends in _exit.
-    let pid = match unsafe { libc::fork() } {
-        -1 => return Err(Error::sys(format!("fork for {what}"), nix::Error::last())),
-        0 => {
-            drop(parent);
-            let f = child(&child_end, in_userns, work);
-            let _ = child_end.send(&ToParent::Failed(f), None);
-            // SAFETY: see above.
-            unsafe { libc::_exit(125) }
-        }
-        pid => Pid::from_raw(pid),
+    let Some(pid) = fork_in_user_namespace(what)? else {
+        drop(parent);
+        let f = child(work);
+        let _ = child_end.send(&ToParent::Failed(f), None);
+        // SAFETY: see `child`.
+        unsafe { libc::_exit(125) }
     };
     drop(child_end);
-    let outcome = loop {
-        match parent.recv::<ToParent>() {
-            Ok(Some((ToParent::MapsNeeded, _))) => {
-                // Only asked for in a user namespace: root's ids need no maps.
-                if let Err(e) = write_user_maps(pid, &parent, what) {
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    break Err(e);
-                }
-            }
-            Ok(Some((ToParent::Failed(f), _))) => {
-                break Err(Error::Setup {
-                    step: what.to_string(),
-                    detail: if f.step.is_empty() {
-                        f.detail
-                    } else {
-                        format!("{}: {}", f.step, f.detail)
-                    },
-                    kind: FailureKind::Setup,
-                });
-            }
-            Ok(_) => break Ok(()),
-            Err(e) => break Err(Error::sys(format!("read from the helper for {what}"), e)),
-        }
+    let outcome = match parent.recv::<ToParent>() {
+        Ok(Some((ToParent::Failed(f), _))) => Err(Error::Setup {
+            step: what.to_string(),
+            detail: if f.step.is_empty() {
+                f.detail
+            } else {
+                format!("{}: {}", f.step, f.detail)
+            },
+            kind: FailureKind::Setup,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::sys(format!("read from the helper for {what}"), e)),
     };
     let status = waitpid(pid, None).map_err(|e| Error::sys(format!("wait for {what}"), e))?;
     match (outcome, status) {
@@ -135,8 +99,9 @@ pub fn run_in_user_namespace(
 /// Forks a long-lived child into a new user namespace mapped like the containers'
 /// (the user as root, then the subordinate ranges): returns `None` in the child,
 /// once it is root there, and the child's pid in the parent. As root there is no
-/// user namespace to make and this is a plain fork. The caller must be
-/// single-threaded (the child unshares a user namespace).
+/// user namespace to make and this is a plain fork. The child goes on running the
+/// caller's code: from a multi-threaded caller it relies on libc's fork handlers,
+/// as described at the top of this module.
 pub fn fork_in_user_namespace(what: &str) -> Result<Option<Pid>> {
     let in_userns = !nix::unistd::Uid::effective().is_root();
     let (parent, child_end) =
