@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # benches/compare-net.sh — the cost of rcrun's networking, rootless.
 #
-#   sudo benches/compare-net.sh          RUNS=20, SIZE_MB=1000
+#   sudo benches/compare-net.sh          RUNS=20, SECS=5
 #
 # Run as root, it re-runs itself as $BENCH_USER (default rcrun-ci, made by scripts/setup).
 # 1. start: `rcrun run --rm --network NAME busybox true` against `--network none` (same
 #    start without the infra round trip, veth and addresses) and, when podman is
 #    installed, `podman run --rm --network NAME busybox true` (netavark bridge).
 # 2. attach: `rcrun network connect` + `disconnect` of a running container (veth pair,
-#    rename, MAC, address, routes, firewall: one netlink round trip each).
-# 3. throughput: SIZE_MB through busybox nc, container -> container on one bridge,
-#    and host -> published port (through the infra's splice). nc is not iperf3: the
-#    figures are lower bounds, the same tool on both paths.
+#    rename, MAC, address, routes, firewall), beside `rcrun inspect` (the fixed cost of
+#    an rcrun command: start, database).
+# 3. throughput: iperf3 (from the client image), container -> container on one bridge
+#    and host -> published port (rcrun: the infra's splice; podman: rootlessport), for
+#    rcrun and, when installed, podman.
 #
-# Environment: RCRUN_BIN (default target/release/rcrun), RUNS, SIZE_MB, BENCH_USER.
+# Environment: RCRUN_BIN (default target/release/rcrun), RUNS, SECS (iperf3 time), BENCH_USER.
+# podman runs with its own --root under the work dir, with runc (crun refuses hybrid cgroups).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,7 +23,7 @@ REPO=$(cd "$HERE/.." && pwd)
 die() { printf 'compare-net: %s\n' "$*" >&2; exit 1; }
 
 RUNS=${RUNS:-20}
-SIZE_MB=${SIZE_MB:-1000}
+SECS=${SECS:-5}
 BENCH_USER=${BENCH_USER:-rcrun-ci}
 RCRUN=${RCRUN_BIN:-$REPO/target/release/rcrun}
 [ -x "$RCRUN" ] || die "build rcrun first: cargo build --release (or set RCRUN_BIN)"
@@ -30,68 +32,68 @@ command -v hyperfine >/dev/null || die "hyperfine is missing: sudo scripts/setup
 if [ "$(id -u)" = 0 ] && [ -z "${_NET_INNER:-}" ]; then
   id "$BENCH_USER" >/dev/null 2>&1 || die "no user $BENCH_USER: run sudo scripts/setup"
   small=$("$REPO/scripts/fixtures" path busybox) || die "build it: sudo scripts/fixtures build busybox"
-  work=$(mktemp -d /tmp/rcrun-net-bench.XXXXXX)
+  client=$("$REPO/scripts/fixtures" path client) || die "build it: sudo scripts/fixtures build client"
+  work=/tmp/rcrun-net-bench-$$ # lower case: podman names pulled layouts after their path
+  mkdir "$work"
   trap 'rm -rf "$work"' EXIT
   cp "$RCRUN" "$work/rcrun"
   cp "${BASH_SOURCE[0]}" "$work/bench.sh"
   ln -s "$small" "$work/busybox"
+  ln -s "$client" "$work/client"
   chown -R "$BENCH_USER" "$work"
   home=$(getent passwd "$BENCH_USER" | cut -d: -f6)
   runuser -u "$BENCH_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-    HOME="$home" USER="$BENCH_USER" LANG=C.UTF-8 _NET_INNER=1 RUNS="$RUNS" SIZE_MB="$SIZE_MB" \
+    HOME="$home" USER="$BENCH_USER" LANG=C.UTF-8 _NET_INNER=1 RUNS="$RUNS" SECS="$SECS" \
     RCRUN_BIN="$work/rcrun" WORK="$work" bash "$work/bench.sh"
   exit
 fi
 
-export RCRUN_DATA_DIR=$WORK/data
+export RCRUN_DATA_DIR=$WORK/data XDG_RUNTIME_DIR=$WORK/xdg
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 R=$RCRUN
+P=()
+if command -v podman >/dev/null; then
+  P=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --runtime runc)
+  trap '"${P[@]}" rm -af >/dev/null 2>&1; "${P[@]}" network rm -f bench >/dev/null 2>&1; "${P[@]}" system reset -f >/dev/null 2>&1' EXIT
+  for img in busybox:1.35 client:latest; do
+    id=$("${P[@]}" pull -q "oci:$WORK/${img%%:*}:${img#*:}")
+    "${P[@]}" tag "$id" "localhost/$img"
+  done
+  "${P[@]}" network create bench >/dev/null
+fi
 $R pull "oci:$WORK/busybox:1.35" >/dev/null
+$R pull "oci:$WORK/client:latest" >/dev/null
 $R network create bench >/dev/null
 $R run --rm --network bench busybox:1.35 true   # starts the infra
 
 echo "== start: run --rm busybox true ($RUNS runs)"
 cmds=("$R run --rm --network bench busybox:1.35 true" "$R run --rm --network none busybox:1.35 true")
-if command -v podman >/dev/null; then
-  podman network exists bench 2>/dev/null || podman network create bench >/dev/null
-  podman pull -q "oci:$WORK/busybox:1.35" >/dev/null 2>&1 || true
-  cmds+=("podman run --rm --network bench busybox:1.35 true")
-fi
+[ ${#P[@]} = 0 ] || cmds+=("${P[*]} run --rm --network bench localhost/busybox:1.35 true"
+  "${P[*]} run --rm --network none localhost/busybox:1.35 true")
 hyperfine -N -w 3 -r "$RUNS" "${cmds[@]}"
 
 echo "== attach: network connect + disconnect of a running container ($RUNS runs)"
 $R network create other >/dev/null
 $R run -d --name target --network bench busybox:1.35 sleep 3600 >/dev/null
-hyperfine -N -w 3 -r "$RUNS" "$R network connect other target" \
-  --conclude "$R network disconnect other target"
-hyperfine -N -w 3 -r "$RUNS" "$R network disconnect other target" \
-  --prepare "$R network connect other target"
+# (this hyperfine has no --conclude: the pair is one command, through the shell)
+hyperfine -w 3 -r "$RUNS" "$R network connect other target && $R network disconnect other target" \
+  "$R inspect target"
+$R rm -f target >/dev/null
 
-echo "== throughput: ${SIZE_MB} MB through busybox nc"
-$R run -d --name sink --network bench -p 127.0.0.1::5001 busybox:1.35 \
-  sh -c 'while true; do nc -l -p 5001 >/dev/null; done' >/dev/null
+gbits() { python3 -c 'import json,sys; print("%.2f Gbit/s" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'; }
+echo "== throughput: iperf3 -t $SECS"
+$R run -d --name sink --network bench -p 127.0.0.1::5201 client:latest iperf3 -s >/dev/null
 sink_ip=$($R inspect sink | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["networks"][0]["addresses"][0])')
 host_port=$($R port sink | sed 's/.*://')
-t0=$(date +%s.%N)
-$R run --rm --network bench busybox:1.35 sh -c \
-  "dd if=/dev/zero bs=1M count=$SIZE_MB 2>/dev/null | nc $sink_ip 5001"
-t1=$(date +%s.%N)
-python3 - "$t0" "$t1" "$SIZE_MB" "container -> container" <<'EOF'
-import sys
-t0, t1, mb, what = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-print(f"{what}: {mb / (t1 - t0):.0f} MB/s ({t1 - t0:.2f} s, including one container start)")
-EOF
-python3 - "$host_port" "$SIZE_MB" <<'EOF'
-import socket, sys, time
-port, mb = int(sys.argv[1]), int(sys.argv[2])
-chunk = b"\0" * (1 << 20)
-s = socket.create_connection(("127.0.0.1", port))
-t0 = time.monotonic()
-for _ in range(mb):
-    s.sendall(chunk)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-t1 = time.monotonic()
-print(f"host -> published port: {mb / (t1 - t0):.0f} MB/s ({t1 - t0:.2f} s)")
-EOF
-$R rm -f sink target >/dev/null
+printf 'rcrun  container -> container: %s\n' "$($R run --rm --network bench client:latest iperf3 -c "$sink_ip" -t "$SECS" -J | gbits)"
+printf 'rcrun  host -> published port: %s\n' "$(iperf3 -c 127.0.0.1 -p "$host_port" -t "$SECS" -J | gbits)"
+$R rm -f sink >/dev/null
+if [ ${#P[@]} != 0 ]; then
+  "${P[@]}" run -d --name sink --network bench -p 127.0.0.1::5201 localhost/client:latest iperf3 -s >/dev/null
+  sink_ip=$("${P[@]}" inspect -f '{{.NetworkSettings.Networks.bench.IPAddress}}' sink)
+  host_port=$("${P[@]}" port sink 5201/tcp | sed 's/.*://')
+  printf 'podman container -> container: %s\n' "$("${P[@]}" run --rm --network bench localhost/client:latest iperf3 -c "$sink_ip" -t "$SECS" -J | gbits)"
+  printf 'podman host -> published port: %s\n' "$(iperf3 -c 127.0.0.1 -p "$host_port" -t "$SECS" -J | gbits)"
+  "${P[@]}" rm -f sink >/dev/null
+fi
 $R network rm bench other >/dev/null

@@ -579,9 +579,9 @@ impl Containers {
             Ok(code) => *code,
             Err(e) => e.exit_code(),
         };
-        if let Some(net) = net {
-            let _ = net.infra.release(&id);
-        }
+        // Closing the connection releases the network; the infra deletes the veths
+        // (an RCU grace period each) after rcrun has gone.
+        drop(net);
         self.finish(&id, code, flags.remove)?;
         result.map_err(Into::into)
     }

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
 use nix::sys::socket::{MsgFlags, SockFlag};
 use nix::unistd::Pid;
@@ -186,7 +187,8 @@ struct State {
     containers: HashMap<String, Container>,
     next_link: u32,
     egress_off: Option<String>,
-    clients: usize,
+    /// Each connected client's socket, to tell whether it hung up.
+    clients: HashMap<u64, RawFd>,
     idle: watch::Sender<bool>,
 }
 
@@ -198,7 +200,7 @@ impl State {
             containers: HashMap::new(),
             next_link: 0,
             egress_off,
-            clients: 0,
+            clients: HashMap::new(),
             idle: watch::channel(true).0,
         })
     }
@@ -241,8 +243,24 @@ impl State {
         nft::apply(&rules).map_err(Error::from)
     }
 
+    /// Whether the client `owner` closed its end (a peer's close shows as POLLHUP
+    /// on a unix socket, even with messages still queued).
+    fn hung_up(&self, owner: u64) -> bool {
+        let Some(&fd) = self.clients.get(&owner) else {
+            return true;
+        };
+        // SAFETY: the fd stays open while it is in `clients` (serve_client removes
+        // it before dropping the connection).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [PollFd::new(fd, PollFlags::empty())];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    }
+
     fn update_idle(&self) {
-        let idle = self.clients == 0 && self.containers.is_empty();
+        let idle = self.clients.is_empty() && self.containers.is_empty();
         self.idle.send_replace(idle);
     }
 
@@ -296,15 +314,16 @@ impl State {
         let bridge = self.ensure_bridge(&a.network).await?;
         self.next_link += 1;
         let host = format!("rcv{}", self.next_link);
-        let peer = format!("rcp{}", self.next_link);
         self.n0
-            .create_veth(&host, &peer, bridge, a.network.mtu, ctr.netns.as_fd())
+            .create_veth(
+                &host,
+                bridge,
+                a.network.mtu,
+                (&a.ifname, mac_for(a), ctr.netns.as_fd()),
+            )
             .await?;
         let configured = async {
-            let index = ctr
-                .netlink
-                .configure_peer(&peer, &a.ifname, mac_for(a))
-                .await?;
+            let index = ctr.netlink.peer_up(&a.ifname).await?;
             for ip in &a.addresses {
                 let Some((subnet, _)) = a.network.subnets.iter().find(|(s, _)| s.contains(*ip))
                 else {
@@ -367,10 +386,15 @@ impl State {
         sockets: Vec<OwnedFd>,
         host_access: bool,
     ) -> Result<OwnedFd, Error> {
-        if self.containers.contains_key(&id) {
-            return Err(Error::Infra(format!(
-                "container {id} already has its network"
-            )));
+        if let Some(old) = self.containers.get(&id) {
+            if !self.hung_up(old.owner) {
+                return Err(Error::Infra(format!(
+                    "container {id} already has its network"
+                )));
+            }
+            // Its owner has closed the connection (rcrun does not wait for the
+            // release), and that close is not served yet.
+            self.release(&id).await?;
         }
         if sockets.len() != forwards.len() {
             return Err(Error::Infra(format!(
@@ -546,7 +570,7 @@ impl State {
                 eprintln!("rcrun infra: release container {id}: {e}");
             }
         }
-        self.clients -= 1;
+        self.clients.remove(&owner);
         self.update_idle();
     }
 }
@@ -653,7 +677,7 @@ async fn serve(state: State, listener: AsyncFd<OwnedFd>, linger: Duration, dir: 
                 next_owner += 1;
                 {
                     let mut st = state.lock().await;
-                    st.clients += 1;
+                    st.clients.insert(next_owner, conn.as_raw_fd());
                     st.update_idle();
                 }
                 tokio::task::spawn_local(serve_client(state.clone(), conn, next_owner));
@@ -663,7 +687,7 @@ async fn serve(state: State, listener: AsyncFd<OwnedFd>, linger: Duration, dir: 
             }
             _ = tokio::time::sleep(linger), if is_idle => {
                 let st = state.lock().await;
-                if st.clients == 0 && st.containers.is_empty() {
+                if st.clients.is_empty() && st.containers.is_empty() {
                     // A client still in the backlog sees the socket close, and
                     // starts a new infra.
                     break;
