@@ -105,6 +105,15 @@ pub struct RunArgs {
     /// Add NAME:IP to /etc/hosts (NAME:host-gateway reaches the host's loopback).
     #[arg(long = "add-host")]
     add_host: Vec<String>,
+    /// A nameserver instead of rcrun's resolver (repeatable).
+    #[arg(long)]
+    dns: Vec<std::net::IpAddr>,
+    /// A search domain instead of the networks' and the host's (repeatable; `.`: none).
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
+    /// Write a running container's address into /etc/hosts: CONTAINER[:ALIAS].
+    #[arg(long)]
+    link: Vec<String>,
     #[command(flatten)]
     pull: PullArgs,
     image: String,
@@ -310,6 +319,9 @@ fn network_mode(args: &RunArgs) -> Result<NetworkMode> {
             NetworkMode::None
         });
     }
+    for alias in &args.network_alias {
+        networks::validate_alias("--network-alias", alias)?;
+    }
     let mut names = args.network.clone();
     if names.is_empty() && (args.ip.is_some() || !args.network_alias.is_empty()) {
         names.push(networks::DEFAULT_NETWORK.into());
@@ -417,6 +429,9 @@ fn network_command(command: NetworkCommand) -> Result<i32> {
             network,
             container,
         } => {
+            for a in &alias {
+                networks::validate_alias("--alias", a)?;
+            }
             c.connect(&network, &container, ip, &alias)?;
             Ok(0)
         }
@@ -623,6 +638,16 @@ pub fn run(command: Command) -> Result<i32> {
                 .iter()
                 .map(|h| networks::parse_add_host(h))
                 .collect::<Result<_>>()?;
+            let dns_search = args
+                .dns_search
+                .iter()
+                .map(|d| networks::parse_dns_search(d))
+                .collect::<Result<_>>()?;
+            let links = args
+                .link
+                .iter()
+                .map(|l| networks::parse_link(l))
+                .collect::<Result<_>>()?;
             let flags = RunFlags {
                 request: RunRequest {
                     command: args.command,
@@ -641,6 +666,9 @@ pub fn run(command: Command) -> Result<i32> {
                 network,
                 publish,
                 add_hosts,
+                dns: args.dns,
+                dns_search,
+                links,
                 name: args.name,
                 detach: args.detach,
                 remove: args.rm,

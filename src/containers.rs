@@ -45,6 +45,18 @@ pub struct RunFlags {
     pub network: NetworkMode,
     pub publish: Vec<Publish>,
     pub add_hosts: Vec<(String, HostTarget)>,
+    /// `--dns`: nameservers instead of the network's dnsd.
+    pub dns: Vec<IpAddr>,
+    /// `--dns-search` (validated names; empty: the networks' domains and the host's).
+    pub dns_search: Vec<String>,
+    /// `--link CONTAINER[:ALIAS]`: (container, alias).
+    pub links: Vec<(String, String)>,
+}
+
+/// A container's /etc/hosts and /etc/resolv.conf.
+struct NameFiles {
+    hosts: String,
+    resolv: String,
 }
 
 /// `--network`.
@@ -135,9 +147,52 @@ fn generated_name(id: &str) -> String {
     format!("{}_{}_{}", FIRST[n % 8], SECOND[(n / 8) % 8], &id[8..12])
 }
 
-/// The host's resolvers for a container on the host network.
-fn resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+/// A container's /etc/hosts: localhost, its hostname at `own` (127.0.1.1 off a
+/// network), then `extra` (`--add-host`, `--link`), names validated.
+fn hosts_text(hostname: &str, own: Option<IpAddr>, extra: &[(String, IpAddr)]) -> Result<String> {
+    let entry = |name: &str, ip: IpAddr| -> Result<dnsd::HostsEntry> {
+        Ok(dnsd::HostsEntry {
+            ip,
+            names: vec![name.parse().map_err(|e| anyhow!("/etc/hosts: {e}"))?],
+        })
+    };
+    let mut entries = vec![entry(
+        hostname,
+        own.unwrap_or(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1))),
+    )?];
+    for (name, ip) in extra {
+        entries.push(entry(name, *ip)?);
+    }
+    Ok(dnsd::render_hosts(&entries))
+}
+
+/// A container's /etc/resolv.conf. On an rcrun network: its dnsd (the first
+/// network's `gateway`) and the networks' domains, then the host's search
+/// domains and options; off one: the host's file. `--dns` and `--dns-search`
+/// replace their parts.
+fn resolv_text(flags: &RunFlags, network: Option<(IpAddr, Vec<String>)>) -> String {
+    let host_text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if network.is_none() && flags.dns.is_empty() && flags.dns_search.is_empty() {
+        return host_text;
+    }
+    let mut conf = dnsd::ResolvConf::parse(&host_text);
+    if let Some((gateway, domains)) = network {
+        conf.nameservers = vec![gateway];
+        conf.search = domains.into_iter().chain(conf.search).collect();
+    }
+    if !flags.dns.is_empty() {
+        conf.nameservers = flags.dns.clone();
+    }
+    if !flags.dns_search.is_empty() {
+        // docker's `--dns-search .`: no search domains at all.
+        conf.search = flags
+            .dns_search
+            .iter()
+            .filter(|d| *d != ".")
+            .cloned()
+            .collect();
+    }
+    conf.render()
 }
 
 /// Reads everything from `fd` until EOF.
@@ -275,10 +330,10 @@ impl Containers {
             .set_owner(&id, owner_of(std::process::id() as i32))?;
         let mut net = None;
         let made = self
-            .setup_network(&id, &hostname, flags)
-            .and_then(|(n, request, hosts)| {
+            .setup_network((&id, &row.name), &hostname, flags)
+            .and_then(|(n, request, files)| {
                 net = n;
-                self.write_files(image_config, &id, &hostname, &user, &request, &hosts)
+                self.write_files(image_config, &id, &hostname, &user, &request, &files)
             })
             .and_then(|()| self.prepare_rootfs(&id, &row.name, image));
         match made {
@@ -296,14 +351,14 @@ impl Containers {
     }
 
     /// Leases addresses, opens published ports and has the infra build the
-    /// container's network namespace. Returns it, the run request pointing at
-    /// it, and the container's /etc/hosts text.
+    /// container's network namespace (its names registered with dnsd). Returns
+    /// it, the run request pointing at it, and the container's name files.
     fn setup_network(
         &mut self,
-        id: &str,
+        (id, name): (&str, &str),
         hostname: &str,
         flags: &RunFlags,
-    ) -> Result<(Option<ContainerNet>, RunRequest, String)> {
+    ) -> Result<(Option<ContainerNet>, RunRequest, NameFiles)> {
         let mut request = flags.request.clone();
         let host_access = flags
             .add_hosts
@@ -330,13 +385,21 @@ impl Containers {
                         "-p publishes ports of a container on an rcrun network; it does nothing with --network host or none"
                     );
                 }
+                if !flags.links.is_empty() {
+                    bail!(
+                        "--link needs an rcrun network; it does nothing with --network host or none"
+                    );
+                }
                 request.network = if flags.network == NetworkMode::Host {
                     NetNs::Host
                 } else {
                     NetNs::Own
                 };
-                let hosts = spec::hosts_file(hostname, None, &fixed_hosts(None)?);
-                return Ok((None, request, hosts));
+                let files = NameFiles {
+                    hosts: hosts_text(hostname, None, &fixed_hosts(None)?)?,
+                    resolv: resolv_text(flags, None),
+                };
+                return Ok((None, request, files));
             }
             NetworkMode::Bridge(c) if c.is_empty() => vec![NetworkChoice {
                 name: DEFAULT_NETWORK.into(),
@@ -395,15 +458,27 @@ impl Containers {
                 infra.hello().egress_off.clone().unwrap_or_default()
             );
         }
-        let hosts = spec::hosts_file(
-            hostname,
-            Some(target),
-            &fixed_hosts(infra.hello().host_gateway)?,
-        );
+        let mut extra = fixed_hosts(infra.hello().host_gateway)?;
+        extra.extend(self.link_hosts(&flags.links, &rows)?);
+        let gateway = rows[0]
+            .0
+            .subnets
+            .iter()
+            .find(|(s, _)| s.contains(target))
+            .map(|(_, gw)| *gw)
+            .ok_or_else(|| anyhow!("{target} is in no subnet of network {}", rows[0].0.name))?;
+        let domains = rows
+            .iter()
+            .map(|(n, _)| dnsd::network_domain(&n.name))
+            .collect();
+        let files = NameFiles {
+            hosts: hosts_text(hostname, Some(target), &extra)?,
+            resolv: resolv_text(flags, Some((gateway, domains))),
+        };
         let attachments = rows
             .iter()
             .enumerate()
-            .map(|(i, (n, a))| networks::to_attachment(n, a, i == 0))
+            .map(|(i, (n, a))| networks::to_attachment(n, a, i == 0, (name, id)))
             .collect();
         let netns = infra
             .setup(id, attachments, forwards, &sockets, host_access)
@@ -413,7 +488,47 @@ impl Containers {
                 .then(|| PathBuf::from(format!("/proc/{}/ns/user", infra.hello().pid))),
             net: PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd())),
         };
-        Ok((Some(ContainerNet { infra, netns }), request, hosts))
+        Ok((Some(ContainerNet { infra, netns }), request, files))
+    }
+
+    /// `--link C[:ALIAS]`: C's address on a network both containers are on,
+    /// under ALIAS and C's name.
+    fn link_hosts(
+        &mut self,
+        links: &[(String, String)],
+        rows: &[(networks::NetworkRow, networks::AttachmentRow)],
+    ) -> Result<Vec<(String, IpAddr)>> {
+        let mut out = Vec::new();
+        for (key, alias) in links {
+            let target = self.lookup(key)?;
+            if !self.view(target.clone()).running {
+                bail!("--link {key}: container {} is not running", target.name);
+            }
+            let theirs = networks::attachments(self.db(), &target.id)?;
+            let shared = theirs
+                .iter()
+                .find(|a| rows.iter().any(|(n, _)| n.name == a.network))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--link {key}: container {} is on no network of this container; run this one with --network {} or connect it: rcrun network connect NETWORK {}",
+                        target.name,
+                        theirs.first().map_or("NETWORK", |a| a.network.as_str()),
+                        target.name
+                    )
+                })?;
+            let ip = shared
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(shared.addresses.first())
+                .copied()
+                .ok_or_else(|| anyhow!("--link {key}: container {} has no address", target.name))?;
+            out.push((alias.clone(), ip));
+            if *alias != target.name && target.name.parse::<dnsd::Name>().is_ok() {
+                out.push((target.name.clone(), ip));
+            }
+        }
+        Ok(out)
     }
 
     fn write_files(
@@ -423,7 +538,7 @@ impl Containers {
         hostname: &str,
         user: &ResolvedUser,
         request: &RunRequest,
-        hosts_text: &str,
+        files: &NameFiles,
     ) -> Result<()> {
         let dir = self.dir(id);
         for sub in ["rootfs", "upper", "work"] {
@@ -433,9 +548,9 @@ impl Containers {
         let hosts = dir.join("hosts");
         let hostname_file = dir.join("hostname");
         let resolv = dir.join("resolv.conf");
-        std::fs::write(&hosts, hosts_text)?;
+        std::fs::write(&hosts, &files.hosts)?;
         std::fs::write(&hostname_file, format!("{hostname}\n"))?;
-        std::fs::write(&resolv, resolv_conf())?;
+        std::fs::write(&resolv, &files.resolv)?;
         let maps = if nix::unistd::Uid::effective().is_root() {
             None
         } else {
@@ -881,13 +996,42 @@ impl Containers {
         let attached = networks::attach(self.db(), &row.id, &net, ip, aliases)?;
         let done = networks::infra(self.images.data_dir()).and_then(|infra| {
             infra
-                .attach(&row.id, networks::to_attachment(&net, &attached, first))
+                .attach(
+                    &row.id,
+                    networks::to_attachment(&net, &attached, first, (&row.name, &row.id)),
+                )
                 .map_err(|e| anyhow!("connect {} to network {}: {e}", row.name, net.name))
         });
         if done.is_err() {
             networks::detach(self.db(), &row.id, &net.name)?;
         }
-        done
+        done?;
+        self.edit_resolv_conf(&row.id, |search| {
+            let domain = dnsd::network_domain(&net.name);
+            if !search.contains(&domain) {
+                search.push(domain);
+            }
+        })
+    }
+
+    /// Rewrites a running container's resolv.conf search list in place: the
+    /// file is bind-mounted, so its inode must stay.
+    fn edit_resolv_conf(&self, id: &str, edit: impl FnOnce(&mut Vec<String>)) -> Result<()> {
+        let path = self.dir(id).join("resolv.conf");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut conf = dnsd::ResolvConf::parse(&text);
+        let before = conf.search.clone();
+        edit(&mut conf.search);
+        if conf.search == before {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(conf.render().as_bytes()))
+            .with_context(|| format!("update {}", path.display()))
     }
 
     /// `network disconnect`.
@@ -907,7 +1051,9 @@ impl Containers {
                 .detach(&row.id, &net.bridge)
                 .map_err(|e| anyhow!("disconnect {} from {}: {e}", row.name, net.name))?;
         }
-        networks::detach(self.db(), &row.id, &net.name)
+        networks::detach(self.db(), &row.id, &net.name)?;
+        let domain = dnsd::network_domain(&net.name);
+        self.edit_resolv_conf(&row.id, |search| search.retain(|d| *d != domain))
     }
 
     /// `network rm`: refused while containers use it, unless `force` (then they

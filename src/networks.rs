@@ -65,6 +65,7 @@ impl NetworkRow {
 
     pub fn bridge_spec(&self) -> BridgeSpec {
         BridgeSpec {
+            name: self.name.clone(),
             bridge: self.bridge.clone(),
             subnets: self.subnets.clone(),
             internal: self.internal,
@@ -486,13 +487,37 @@ pub fn ports(db: &Db, container: &str) -> Result<Vec<PortRow>> {
 }
 
 /// The netns attachment for an attachment row.
-pub fn to_attachment(network: &NetworkRow, row: &AttachmentRow, default_route: bool) -> Attachment {
+pub fn to_attachment(
+    network: &NetworkRow,
+    row: &AttachmentRow,
+    default_route: bool,
+    (name, id): (&str, &str),
+) -> Attachment {
     Attachment {
         network: network.bridge_spec(),
+        dns_names: dns_names(name, id, &row.aliases),
         ifname: row.ifname.clone(),
         addresses: row.addresses.clone(),
         default_route,
     }
+}
+
+/// What dnsd answers for a container on a network: its name when that is a DNS
+/// name (docker's names may hold '_'), its short id, its aliases (validated).
+pub fn dns_names(name: &str, id: &str, aliases: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let candidates = [name, &id[..id.len().min(12)]];
+    for n in candidates
+        .into_iter()
+        .chain(aliases.iter().map(String::as_str))
+    {
+        if let Ok(n) = n.parse::<dnsd::Name>()
+            && !names.iter().any(|known| known == n.as_str())
+        {
+            names.push(n.as_str().to_string());
+        }
+    }
+    names
 }
 
 /// rcrun's runtime directory for the data dir in use (one infra per data dir):
@@ -605,12 +630,7 @@ pub fn infra_main(dir: &Path) -> i32 {
         match runtime::fork_in_user_namespace("the network infra")? {
             None => {
                 drop(pair.parent);
-                // Stdout belongs to the launcher's caller: keep it no longer.
-                if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: both descriptors are open.
-                    unsafe { libc::dup2(null.as_raw_fd(), 1) };
-                }
+                redirect_stdout_to_null();
                 let code = netns::infra_child(pair.child, dir, linger);
                 drop(lock);
                 std::process::exit(code);
@@ -618,8 +638,18 @@ pub fn infra_main(dir: &Path) -> i32 {
             Some(pid) => {
                 drop(pair.child);
                 drop(lock);
-                netns::infra_parent(pair.parent, pid, dir)?;
-                Ok(())
+                netns::infra_parent(pair.parent.try_clone()?, pid, dir)?;
+                // The socket maker stays on the host side for dnsd's upstream
+                // queries, until the infra closes its end.
+                // SAFETY: single-threaded; the child only serves and exits.
+                match unsafe { nix::unistd::fork() }.context("fork the host socket maker")? {
+                    nix::unistd::ForkResult::Child => {
+                        redirect_stdout_to_null();
+                        netns::serve_host_sockets(pair.parent);
+                        std::process::exit(0);
+                    }
+                    nix::unistd::ForkResult::Parent { .. } => Ok(()),
+                }
             }
         }
     })();
@@ -632,6 +662,16 @@ pub fn infra_main(dir: &Path) -> i32 {
             println!("{e:#}");
             125
         }
+    }
+}
+
+/// Stdout belongs to the launcher's caller, who reads it to its end: processes
+/// that stay must let it go.
+fn redirect_stdout_to_null() {
+    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
 }
 
@@ -718,6 +758,37 @@ pub fn parse_add_host(text: &str) -> Result<(String, crate::containers::HostTarg
         })?)
     };
     Ok((name.to_string(), target))
+}
+
+/// A network alias: a DNS name (RFC 1123 labels), as dnsd will answer it.
+pub fn validate_alias(flag: &str, alias: &str) -> Result<()> {
+    alias
+        .parse::<dnsd::Name>()
+        .map(drop)
+        .map_err(|e| anyhow!("{flag} {alias:?}: {e}"))
+}
+
+/// `--dns-search DOMAIN` (or `.` for none).
+pub fn parse_dns_search(text: &str) -> Result<String> {
+    if text == "." {
+        return Ok(text.to_string());
+    }
+    let name: dnsd::Name = text
+        .trim_end_matches('.')
+        .parse()
+        .map_err(|e| anyhow!("--dns-search {text:?}: {e}"))?;
+    Ok(name.as_str().to_string())
+}
+
+/// `--link CONTAINER[:ALIAS]`: (container, alias); the alias defaults to the
+/// container's name.
+pub fn parse_link(text: &str) -> Result<(String, String)> {
+    let (container, alias) = text.split_once(':').unwrap_or((text, text));
+    if container.is_empty() {
+        bail!("--link {text:?}: write CONTAINER[:ALIAS]");
+    }
+    validate_alias("--link", alias)?;
+    Ok((container.to_string(), alias.to_string()))
 }
 
 #[cfg(test)]

@@ -401,23 +401,6 @@ pub fn build(
     serde_json::from_value(spec).context("build the container's spec")
 }
 
-/// The contents of a container's /etc/hosts: localhost, itself (at its first
-/// address on a network, else 127.0.1.1), then `extra` (`--add-host`).
-pub fn hosts_file(
-    hostname: &str,
-    own: Option<std::net::IpAddr>,
-    extra: &[(String, std::net::IpAddr)],
-) -> String {
-    let own = own.map_or("127.0.1.1".to_string(), |ip| ip.to_string());
-    let mut text = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
-    );
-    for (name, ip) in extra {
-        text.push_str(&format!("{ip}\t{name}\n"));
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

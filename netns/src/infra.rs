@@ -3,7 +3,7 @@
 //! and exits after `linger` once no container and no client needs it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
@@ -23,7 +23,7 @@ use crate::link::Netlink;
 use crate::proto::{
     Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Request, Response, Status,
 };
-use crate::{Error, egress, forward, nft, wire};
+use crate::{Error, egress, forward, nft, upstream, wire};
 
 /// The socket clients connect to, inside the infra's directory.
 pub(crate) const SOCKET: &str = "infra.sock";
@@ -137,9 +137,23 @@ pub fn infra_child(sync: OwnedFd, dir: &Path, linger: Duration) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(&sync, format!("start the event loop: {e}")),
     };
+    let upstreams = match upstream::upstreams_from_env_or_host() {
+        Ok(u) => u,
+        Err(e) => return fail(&sync, e),
+    };
+    let host_sockets = match sync.try_clone() {
+        Ok(fd) => upstream::HostSockets::new(fd),
+        Err(e) => return fail(&sync, format!("keep the host socket channel: {e}")),
+    };
+    let dns = dnsd::Dnsd::new(dnsd::Config {
+        upstreams,
+        forward_timeout: dnsd::DEFAULT_FORWARD_TIMEOUT,
+        sockets: std::sync::Arc::new(host_sockets),
+    });
+    let upstreams_from_host = std::env::var_os("RCRUN_DNS_UPSTREAMS").is_none();
     let local = tokio::task::LocalSet::new();
     let code = local.block_on(&runtime, async {
-        let state = match State::new(off) {
+        let state = match State::new(off, dns, upstreams_from_host) {
             Ok(s) => s,
             Err(e) => return fail(&sync, e.to_string()),
         };
@@ -181,9 +195,29 @@ struct Container {
     host_access: bool,
 }
 
+struct Bridge {
+    spec: BridgeSpec,
+    index: u32,
+    _dns: DnsListeners,
+}
+
+/// dnsd's tasks on a bridge; they end with it.
+struct DnsListeners(Vec<JoinHandle<()>>);
+
+impl Drop for DnsListeners {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 struct State {
     n0: Netlink,
-    bridges: BTreeMap<String, (BridgeSpec, u32)>,
+    bridges: BTreeMap<String, Bridge>,
+    dns: dnsd::Dnsd,
+    /// Upstreams come from the host's resolv.conf, read again at each setup.
+    upstreams_from_host: bool,
     containers: HashMap<String, Container>,
     next_link: u32,
     egress_off: Option<String>,
@@ -193,10 +227,16 @@ struct State {
 }
 
 impl State {
-    fn new(egress_off: Option<String>) -> Result<Self, Error> {
+    fn new(
+        egress_off: Option<String>,
+        dns: dnsd::Dnsd,
+        upstreams_from_host: bool,
+    ) -> Result<Self, Error> {
         Ok(State {
             n0: Netlink::open("the infra namespace")?,
             bridges: BTreeMap::new(),
+            dns,
+            upstreams_from_host,
             containers: HashMap::new(),
             next_link: 0,
             egress_off,
@@ -218,7 +258,7 @@ impl State {
             .filter(|l| {
                 self.bridges
                     .get(&l.bridge)
-                    .is_some_and(|(b, _)| !b.internal)
+                    .is_some_and(|b| !b.spec.internal)
             })
             .flat_map(|l| l.addresses.iter().copied())
             .collect();
@@ -227,10 +267,11 @@ impl State {
             networks: self
                 .bridges
                 .values()
-                .map(|(b, _)| nft::NetworkRules {
-                    bridge: b.bridge.clone(),
-                    internal: b.internal,
+                .map(|b| nft::NetworkRules {
+                    bridge: b.spec.bridge.clone(),
+                    internal: b.spec.internal,
                     subnets: b
+                        .spec
                         .subnets
                         .iter()
                         .map(|(s, _)| (s.addr(), s.prefix()))
@@ -265,9 +306,9 @@ impl State {
     }
 
     async fn ensure_bridge(&mut self, spec: &BridgeSpec) -> Result<u32, Error> {
-        if let Some((known, index)) = self.bridges.get(&spec.bridge) {
-            if known == spec {
-                return Ok(*index);
+        if let Some(known) = self.bridges.get(&spec.bridge) {
+            if &known.spec == spec {
+                return Ok(known.index);
             }
             if self.bridge_in_use(&spec.bridge) {
                 return Err(Error::Infra(format!(
@@ -276,7 +317,7 @@ impl State {
                 )));
             }
             self.n0.delete(&spec.bridge).await?;
-            self.bridges.remove(&spec.bridge);
+            self.forget_bridge(&spec.bridge);
         }
         let addresses: Vec<(IpAddr, u8)> = spec
             .subnets
@@ -285,16 +326,79 @@ impl State {
             .collect();
         let index = self
             .n0
-            .ensure_bridge(&spec.bridge, spec.mtu, &addresses)
+            .ensure_bridge(
+                &spec.bridge,
+                spec.mtu,
+                mac_for(&addresses.iter().map(|(ip, _)| *ip).collect::<Vec<_>>()),
+                &addresses,
+            )
             .await?;
-        self.bridges
-            .insert(spec.bridge.clone(), (spec.clone(), index));
+        let dns = match self.serve_dns(spec) {
+            Ok(dns) => dns,
+            Err(e) => {
+                let _ = self.n0.delete(&spec.bridge).await;
+                return Err(e);
+            }
+        };
+        self.bridges.insert(
+            spec.bridge.clone(),
+            Bridge {
+                spec: spec.clone(),
+                index,
+                _dns: dns,
+            },
+        );
         if let Err(e) = self.apply_firewall() {
-            self.bridges.remove(&spec.bridge);
+            self.forget_bridge(&spec.bridge);
             let _ = self.n0.delete(&spec.bridge).await;
             return Err(e);
         }
         Ok(index)
+    }
+
+    /// dnsd on each of the bridge's gateway addresses, UDP and TCP port 53.
+    fn serve_dns(&self, spec: &BridgeSpec) -> Result<DnsListeners, Error> {
+        self.dns.set_network(dnsd::NetworkInfo {
+            name: spec.name.clone(),
+            internal: spec.internal,
+        });
+        let mut tasks = DnsListeners(Vec::new());
+        for (_, gateway) in &spec.subnets {
+            let at = SocketAddr::new(*gateway, 53);
+            let (udp, tcp) = dns_sockets(at)
+                .map_err(|e| Error::io(format!("serve DNS on {at} of {}", spec.bridge), e))?;
+            let dns = self.dns.clone();
+            let name = spec.name.clone();
+            tasks.0.push(tokio::task::spawn_local(async move {
+                dns.serve_udp(udp, name).await
+            }));
+            let dns = self.dns.clone();
+            let name = spec.name.clone();
+            tasks.0.push(tokio::task::spawn_local(async move {
+                dns.serve_tcp(tcp, name).await
+            }));
+        }
+        Ok(tasks)
+    }
+
+    /// Drops a bridge's state: its DNS listeners close and its names go.
+    fn forget_bridge(&mut self, bridge: &str) -> bool {
+        match self.bridges.remove(bridge) {
+            Some(b) => {
+                self.dns.remove_network(&b.spec.name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The host's resolvers, again: it may have changed network since.
+    fn refresh_upstreams(&self) {
+        if self.upstreams_from_host
+            && let Ok(upstreams) = upstream::upstreams_from_env_or_host()
+        {
+            self.dns.set_upstreams(upstreams);
+        }
     }
 
     fn bridge_in_use(&self, bridge: &str) -> bool {
@@ -304,13 +408,19 @@ impl State {
     }
 
     /// One veth pair from the bridge into the container, configured inside.
-    async fn attach(&mut self, ctr: &mut Container, a: &Attachment) -> Result<(), Error> {
+    async fn attach(&mut self, id: &str, ctr: &mut Container, a: &Attachment) -> Result<(), Error> {
         if ctr.links.iter().any(|l| l.bridge == a.network.bridge) {
             return Err(Error::Infra(format!(
                 "the container is already attached to bridge {}",
                 a.network.bridge
             )));
         }
+        let names = a
+            .dns_names
+            .iter()
+            .map(|n| n.parse::<dnsd::Name>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Infra(e.to_string()))?;
         let bridge = self.ensure_bridge(&a.network).await?;
         self.next_link += 1;
         let host = format!("rcv{}", self.next_link);
@@ -319,7 +429,7 @@ impl State {
                 &host,
                 bridge,
                 a.network.mtu,
-                (&a.ifname, mac_for(a), ctr.netns.as_fd()),
+                (&a.ifname, mac_for(&a.addresses), ctr.netns.as_fd()),
             )
             .await?;
         let configured = async {
@@ -353,6 +463,13 @@ impl State {
             host,
             addresses: a.addresses.clone(),
         });
+        // Registered before the answer: resolvable once rcrun returns.
+        self.dns.add_endpoint(dnsd::Endpoint {
+            container: id.to_string(),
+            network: a.network.name.clone(),
+            names,
+            addresses: a.addresses.clone(),
+        });
         Ok(())
     }
 
@@ -360,6 +477,7 @@ impl State {
         let Some(ctr) = self.containers.remove(id) else {
             return Ok(());
         };
+        self.dns.remove_container(id);
         for (_, task) in &ctr.forwards {
             task.abort();
         }
@@ -403,6 +521,7 @@ impl State {
                 sockets.len()
             )));
         }
+        self.refresh_upstreams();
         let (netns, netlink) = new_netns(&id)?;
         netlink.loopback_up().await?;
         let mut ctr = Container {
@@ -415,7 +534,7 @@ impl State {
         };
         let mut attached = Ok(());
         for a in &attachments {
-            attached = self.attach(&mut ctr, a).await;
+            attached = self.attach(&id, &mut ctr, a).await;
             if attached.is_err() {
                 break;
             }
@@ -501,7 +620,7 @@ impl State {
                     "container {container} has no network here (is it running?)"
                 ))),
                 Some(mut ctr) => {
-                    let done = self.attach(&mut ctr, &attachment).await;
+                    let done = self.attach(&container, &mut ctr, &attachment).await;
                     let host_access = ctr.host_access;
                     self.containers.insert(container, ctr);
                     done.and_then(|()| {
@@ -538,6 +657,9 @@ impl State {
         };
         let link = ctr.links.remove(pos);
         let host_access = ctr.host_access;
+        if let Some(b) = self.bridges.get(bridge) {
+            self.dns.remove_endpoint(container, &b.spec.name);
+        }
         self.n0.delete(&link.host).await?;
         if host_access {
             self.apply_firewall()?;
@@ -552,7 +674,7 @@ impl State {
             )));
         }
         self.n0.delete(bridge).await?;
-        if self.bridges.remove(bridge).is_some() {
+        if self.forget_bridge(bridge) {
             self.apply_firewall()?;
         }
         Ok(Response::Done)
@@ -575,10 +697,51 @@ impl State {
     }
 }
 
-/// A MAC address from the container's first IPv4 address (unique on its bridge,
-/// and stable), or from its IPv6 address.
-fn mac_for(a: &Attachment) -> [u8; 6] {
-    let tail = match a.addresses.first() {
+/// dnsd's UDP and TCP sockets on `at`. Free-bind: an IPv6 gateway address may
+/// still be tentative.
+fn dns_sockets(
+    at: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    let family = if at.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let addr = SockaddrStorage::from(at);
+    let make = |ty: SockType| -> std::io::Result<OwnedFd> {
+        let fd = socket(
+            family,
+            ty,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::IpFreebind, &true)?;
+        if ty == SockType::Stream {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        }
+        bind(fd.as_raw_fd(), &addr)?;
+        Ok(fd)
+    };
+    let udp = make(SockType::Datagram)?;
+    let tcp = make(SockType::Stream)?;
+    listen(&tcp, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
+    Ok((
+        tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp))?,
+        tokio::net::TcpListener::from_std(std::net::TcpListener::from(tcp))?,
+    ))
+}
+
+/// A stable, locally administered MAC from the first address: 02:52 then the
+/// IPv4 (or the last four bytes of the IPv6). Unique on a bridge, since each
+/// address is; a bridge gets its gateway's, which also pins it: a bridge left to
+/// itself takes the lowest MAC of its ports, and changes it when that port goes,
+/// which strands its containers' ARP entries for the gateway.
+fn mac_for(addresses: &[IpAddr]) -> [u8; 6] {
+    let tail = match addresses.first() {
         Some(IpAddr::V4(v4)) => v4.octets(),
         Some(IpAddr::V6(v6)) => {
             let o = v6.octets();

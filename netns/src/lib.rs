@@ -18,11 +18,13 @@ mod link;
 pub mod nft;
 mod proto;
 pub mod subnet;
+mod upstream;
 mod wire;
 
 pub use client::{Infra, bind_host_port};
 pub use infra::{SyncPair, infra_child, infra_parent, sync_pair};
 pub use proto::{Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Protocol, Status};
+pub use upstream::serve_host_sockets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

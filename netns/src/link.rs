@@ -86,6 +86,7 @@ impl Netlink {
         &self,
         name: &str,
         mtu: u32,
+        mac: [u8; 6],
         addresses: &[(IpAddr, u8)],
     ) -> Result<u32, Error> {
         let index = match self.index(name).await? {
@@ -94,7 +95,7 @@ impl Netlink {
                 let created = self
                     .handle
                     .link()
-                    .add(LinkBridge::new(name).mtu(mtu).build())
+                    .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
                     .execute()
                     .await;
                 match created {

@@ -9,6 +9,8 @@ use crate::subnet::Subnet;
 /// One network as the infra builds it: a bridge with the gateway addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeSpec {
+    /// The rcrun network's name (its DNS domain is `<name>.rcrun.internal`).
+    pub name: String,
     /// The bridge's interface name (`rcbr<N>`).
     pub bridge: String,
     /// Each subnet with its gateway (the bridge's address in it).
@@ -28,6 +30,9 @@ pub struct Attachment {
     pub addresses: Vec<IpAddr>,
     /// The gateways become the container's default routes (unless it has some).
     pub default_route: bool,
+    /// What dnsd answers with these addresses on this network: the container's
+    /// name, short id and aliases (names[0] is the one PTR gives).
+    pub dns_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

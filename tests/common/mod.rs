@@ -299,6 +299,8 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A data directory of its own, removed (inside the user namespace) at the end.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// More environment for every rcrun command (and so for its infra).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Drop for Env {
@@ -314,6 +316,7 @@ impl Env {
     pub fn new() -> Self {
         let env = Env {
             dir: tempfile::tempdir().unwrap(),
+            vars: Vec::new(),
         };
         std::fs::create_dir(env.data()).unwrap();
         env
@@ -326,8 +329,11 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(rcrun());
         // The network infra of a test's data dir goes soon after its last user.
+        // Tests never ask the host's resolvers: no upstream unless a test sets one.
         c.env("RCRUN_DATA_DIR", self.data())
             .env("RCRUN_INFRA_LINGER", "1")
+            .env("RCRUN_DNS_UPSTREAMS", "")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .args(args);
         c
     }
