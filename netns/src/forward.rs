@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
-use nix::sys::socket::{Shutdown, shutdown};
+use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
 use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -22,6 +22,7 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 /// Per direction and connection: a copy through user space (tokio's copy, 8 KiB)
 /// capped a published port near 6 Gbit/s here (benches/compare-net.sh).
 const PIPE_SIZE: usize = 1 << 20;
+const TRANSPARENT_CONNECT: Duration = Duration::from_secs(5);
 
 /// Starts serving `forward` from `socket` (the host-side listener); the task
 /// ends when aborted.
@@ -49,14 +50,14 @@ pub(crate) fn spawn(forward: &Forward, socket: OwnedFd) -> Result<JoinHandle<()>
 
 async fn serve_tcp(listener: TcpListener, target: SocketAddr) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        let Ok((client, peer)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         tokio::task::spawn_local(async move {
             let _ = client.set_nodelay(true);
-            if let Ok(upstream) = TcpStream::connect(target).await {
+            if let Ok(upstream) = connect_as(peer, target).await {
                 let _ = upstream.set_nodelay(true);
                 let _ = tokio::try_join!(
                     splice_half(&client, &upstream),
@@ -65,6 +66,41 @@ async fn serve_tcp(listener: TcpListener, target: SocketAddr) {
             }
         });
     }
+}
+
+/// Connects to the container as `client` when it can, so the container sees who
+/// called: IPv4 clients from off the host's loopback (a loopback address means
+/// nothing in the container, and leaves no way back). Else from the gateway.
+async fn connect_as(client: SocketAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let keeps_source = matches!((client, target), (SocketAddr::V4(c), SocketAddr::V4(_)) if !c.ip().is_loopback() && !c.ip().is_unspecified());
+    if keeps_source {
+        match transparent_socket(client) {
+            Ok(socket) => {
+                // Bounded: a lost way back must cost a delay, not the port.
+                match tokio::time::timeout(TRANSPARENT_CONNECT, socket.connect(target)).await {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Err(e);
+                    }
+                    _ => eprintln!(
+                        "rcrun infra: no answer to {client} from {target}; connecting from the gateway"
+                    ),
+                }
+            }
+            Err(e) => eprintln!("rcrun infra: keep the client's address {client}: {e}"),
+        }
+    }
+    TcpStream::connect(target).await
+}
+
+/// A TCP socket bound to `client`'s address, which is not ours: IP_TRANSPARENT
+/// (CAP_NET_ADMIN in the infra's user namespace) allows it; the firewall marks
+/// the replies and a rule delivers them here.
+fn transparent_socket(client: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    setsockopt(&socket, sockopt::IpTransparent, &true)?;
+    socket.bind(SocketAddr::new(client.ip(), 0))?;
+    Ok(socket)
 }
 
 /// Moves bytes from `from` to `to` through a pipe, never through user space;

@@ -167,6 +167,15 @@ pub fn infra_child(sync: OwnedFd, dir: &Path, linger: Duration) -> i32 {
         if let Err(e) = state.n0.loopback_up().await {
             return fail(&sync, e.to_string());
         }
+        // Published ports connect with the client's address; the replies must
+        // come back here, not go out by the default route.
+        if let Err(e) = state
+            .n0
+            .deliver_marked_locally(nft::TRANSPARENT_MARK, nft::TRANSPARENT_MARK)
+            .await
+        {
+            return fail(&sync, e.to_string());
+        }
         if let Err(e) = state.apply_firewall() {
             return fail(&sync, e.to_string());
         }

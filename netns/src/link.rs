@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -70,6 +72,40 @@ impl Netlink {
     pub(crate) async fn loopback_up(&self) -> Result<(), Error> {
         let lo = self.require("lo").await?;
         self.up(lo).await
+    }
+
+    /// Packets marked `mark` are delivered locally whatever their destination:
+    /// the replies to connections a transparent socket opened with a client's
+    /// address (published ports keep the client's IPv4 source).
+    pub(crate) async fn deliver_marked_locally(&self, mark: u32, table: u32) -> Result<(), Error> {
+        let lo = self.require("lo").await?;
+        let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0)
+            .table_id(table)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .output_interface(lo)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => {}
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(self.fail(format_args!("add a local route to table {table}"), e)),
+        }
+        match self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .fw_mark(mark)
+            .table_id(table)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.fail(format_args!("add a rule: fwmark {mark} lookup {table}"), e)),
+        }
     }
 
     pub(crate) async fn up(&self, index: u32) -> Result<(), Error> {

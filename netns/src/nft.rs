@@ -105,6 +105,7 @@ const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
+const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
 const NF_DROP: u32 = 0;
@@ -145,12 +146,17 @@ const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFTA_SOCKET_KEY: u16 = 1;
+const NFTA_SOCKET_DREG: u16 = 2;
 
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_MARK: u32 = 3;
+const NFT_SOCKET_TRANSPARENT: u32 = 0;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -159,11 +165,16 @@ const NFT_CT_STATE: u32 = 0;
 /// host-endian u32 in its register.
 const CT_STATE_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
 
+/// The mark of packets for transparent sockets (replies to published-port
+/// connections opened with the client's address); the infra routes it locally.
+pub const TRANSPARENT_MARK: u32 = 0x5243;
+
 const IFNAMSIZ: usize = 16;
 /// Interface names matched with a trailing `*`, as nft does: cmp over the prefix only.
 const BRIDGE_PREFIX: &str = "rcbr";
 
 const TABLE: &str = "rcrun";
+const PREROUTING: &str = "prerouting";
 const FORWARD: &str = "forward";
 const POSTROUTING: &str = "postrouting";
 /// How long to wait for the kernel's acks before giving up.
@@ -306,6 +317,12 @@ enum Expr {
     CtState,
     Verdict(u32),
     Masq,
+    /// reg1 = whether the packet belongs to a transparent socket (one byte).
+    SocketTransparent,
+    /// reg1 = the value.
+    Immediate(Vec<u8>),
+    /// meta mark = reg1.
+    SetMark,
 }
 
 impl Expr {
@@ -316,8 +333,10 @@ impl Expr {
             Expr::Bitwise(_) => "bitwise",
             Expr::Cmp(..) => "cmp",
             Expr::CtState => "ct",
-            Expr::Verdict(_) => "immediate",
+            Expr::Verdict(_) | Expr::Immediate(_) => "immediate",
             Expr::Masq => "masq",
+            Expr::SocketTransparent => "socket",
+            Expr::SetMark => "meta",
         }
     }
 
@@ -361,6 +380,18 @@ impl Expr {
                 b.end_nest(imm);
             }
             Expr::Masq => {}
+            Expr::SocketTransparent => {
+                b.attr_be32(NFTA_SOCKET_KEY, NFT_SOCKET_TRANSPARENT);
+                b.attr_be32(NFTA_SOCKET_DREG, NFT_REG_1);
+            }
+            Expr::Immediate(value) => {
+                b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+                b.data_value(NFTA_IMMEDIATE_DATA, value);
+            }
+            Expr::SetMark => {
+                b.attr_be32(NFTA_META_KEY, NFT_META_MARK);
+                b.attr_be32(NFTA_META_SREG, NFT_REG_1);
+            }
         }
         b.end_nest(data);
         b.end_nest(elem);
@@ -499,6 +530,19 @@ impl Rule {
     fn masquerade(mut self) -> Self {
         self.exprs.push(Expr::Masq);
         self.text.push("masquerade".into());
+        self
+    }
+
+    /// `socket transparent 1 meta mark set MARK`.
+    fn mark_transparent(mut self, mark: u32) -> Self {
+        self.exprs.extend([
+            Expr::SocketTransparent,
+            Expr::Cmp(NFT_CMP_EQ, vec![1]),
+            Expr::Immediate(mark.to_ne_bytes().to_vec()),
+            Expr::SetMark,
+        ]);
+        self.text
+            .push(format!("socket transparent 1 meta mark set {mark:#x}"));
         self
     }
 }
@@ -700,8 +744,14 @@ fn apply_batch(rules: &Ruleset, first_seq: u32) -> Result<Batch, NftError> {
     bb.new_table();
     bb.del_table();
     bb.new_table();
+    // mangle priority, as TPROXY setups use: before routing decides.
+    bb.new_chain(PREROUTING, "filter", NF_INET_PRE_ROUTING, -150);
     bb.new_chain(FORWARD, "filter", NF_INET_FORWARD, 0);
     bb.new_chain(POSTROUTING, "nat", NF_INET_POST_ROUTING, 100);
+    bb.new_rule(
+        PREROUTING,
+        &Rule::default().mark_transparent(TRANSPARENT_MARK),
+    );
     for (chain, rule) in rules_of(rules) {
         bb.new_rule(chain, &rule);
     }
@@ -1055,8 +1105,10 @@ mod tests {
             t(NFT_MSG_NEWTABLE),
             t(NFT_MSG_NEWCHAIN),
             t(NFT_MSG_NEWCHAIN),
+            t(NFT_MSG_NEWCHAIN),
         ];
-        want.extend([RULE; 10]);
+        // the transparent-socket mark, then the ruleset's own
+        want.extend([RULE; 11]);
         want.push(NFNL_MSG_BATCH_END);
         assert_eq!(types, want);
 
@@ -1076,16 +1128,16 @@ mod tests {
         }
         assert_eq!(msgs[1].flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE);
         assert_eq!(msgs[2].flags, NLM_F_REQUEST | NLM_F_ACK);
-        assert_eq!(msgs[6].flags & NLM_F_APPEND, NLM_F_APPEND);
+        assert_eq!(msgs[7].flags & NLM_F_APPEND, NLM_F_APPEND);
         assert_eq!(batch.begin_seq, 100);
         let seqs: Vec<u32> = batch.steps.iter().map(|s| s.0).collect();
-        assert_eq!(seqs, (101..=115).collect::<Vec<_>>());
+        assert_eq!(seqs, (101..=117).collect::<Vec<_>>());
 
         // The table's name is NUL-terminated and padded: 4 + 6 bytes, 12 with padding.
         assert_eq!(msgs[1].attrs, b"\x0a\x00\x01\x00rcrun\x00\x00\x00");
 
         // Chains: hook nested with NLA_F_NESTED, numbers big-endian.
-        let chain = attrs(msgs[5].attrs);
+        let chain = attrs(msgs[6].attrs);
         assert_eq!(get(&chain, NFTA_CHAIN_TABLE).data, b"rcrun\0");
         assert_eq!(get(&chain, NFTA_CHAIN_NAME).data, b"postrouting\0");
         assert_eq!(get(&chain, NFTA_CHAIN_TYPE).data, b"nat\0");
@@ -1107,7 +1159,8 @@ mod tests {
             .collect();
         assert_eq!(chains.iter().filter(|c| *c == "forward\0").count(), 8);
         assert_eq!(chains.iter().filter(|c| *c == "postrouting\0").count(), 2);
-        assert!(chains[8..].iter().all(|c| c == "postrouting\0"));
+        assert_eq!(chains[0], "prerouting\0");
+        assert!(chains[9..].iter().all(|c| c == "postrouting\0"));
     }
 
     /// The expressions of a rule message, as (name, attributes of its data).
@@ -1156,7 +1209,7 @@ mod tests {
     fn same_bridge_rule_bytes() {
         let batch = apply_batch(&small(), 1).unwrap();
         let msgs = messages(&batch.bytes);
-        let rule = msgs.iter().find(|m| m.ty == RULE).unwrap();
+        let rule = msgs.iter().filter(|m| m.ty == RULE).nth(1).unwrap();
 
         let meta = |key| [nla(1, &be(1)), nla(2, &be(key))].concat();
         let mut ifname = b"rcbr0".to_vec();
@@ -1194,8 +1247,11 @@ mod tests {
     fn rule_expressions() {
         let batch = apply_batch(&small(), 1).unwrap();
         let msgs = messages(&batch.bytes);
-        let rules: Vec<&Msg<'_>> = msgs.iter().filter(|m| m.ty == RULE).collect();
+        let mut rules: Vec<&Msg<'_>> = msgs.iter().filter(|m| m.ty == RULE).collect();
         let names = |m: &Msg<'_>| -> Vec<String> { exprs(m).into_iter().map(|e| e.0).collect() };
+        // socket transparent 1 meta mark set TRANSPARENT_MARK, in prerouting.
+        assert_eq!(names(rules[0]), ["socket", "cmp", "immediate", "meta"]);
+        rules.remove(0);
 
         // ip saddr 10.88.0.5 ip daddr 10.0.2.2 accept: exact matches, no bitwise.
         assert_eq!(

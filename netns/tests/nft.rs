@@ -305,7 +305,13 @@ fn apply_installs_the_table() {
         let c = chains();
         assert_eq!(c["forward"], ("filter".into(), 2, 0, 1));
         assert_eq!(c["postrouting"], ("nat".into(), 4, 100, 1));
-        assert_eq!(c.len(), 2);
+        // replies for transparent sockets (published ports keeping the client's address)
+        assert_eq!(c["prerouting"], ("filter".into(), 0, -150, 1));
+        assert_eq!(
+            rules()["prerouting"],
+            [strs(&["socket", "cmp", "immediate", "meta"])]
+        );
+        assert_eq!(c.len(), 3);
 
         let r = rules();
         let iif_oif_accept = strs(&["meta", "cmp", "meta", "cmp", "immediate"]);
@@ -358,7 +364,10 @@ fn apply_is_idempotent_and_replaces() {
         let first = rules();
         nft::apply(&full()).unwrap();
         assert_eq!(rules(), first);
-        assert_eq!(counts(), map(&[("forward", 8), ("postrouting", 2)]));
+        assert_eq!(
+            counts(),
+            map(&[("forward", 8), ("postrouting", 2), ("prerouting", 1)])
+        );
         assert_eq!(tables(), ["rcrun"]);
 
         // No egress, no host gateway, three networks: isolation only.
@@ -371,8 +380,8 @@ fn apply_is_idempotent_and_replaces() {
             ..Default::default()
         };
         nft::apply(&other).unwrap();
-        assert_eq!(counts(), map(&[("forward", 5)]));
-        assert_eq!(chains().len(), 2);
+        assert_eq!(counts(), map(&[("forward", 5), ("prerouting", 1)]));
+        assert_eq!(chains().len(), 3);
 
         // A larger one: many networks with v4 and v6 subnets, in one batch.
         let big = Ruleset {
@@ -394,7 +403,10 @@ fn apply_is_idempotent_and_replaces() {
         };
         nft::apply(&big).unwrap();
         // 40 same-bridge + 20 host access + 1 drop + 2 * 30 egress + 2; 30 * 2 masquerades.
-        assert_eq!(counts(), map(&[("forward", 123), ("postrouting", 60)]));
+        assert_eq!(
+            counts(),
+            map(&[("forward", 123), ("postrouting", 60), ("prerouting", 1)])
+        );
 
         nft::apply(&full()).unwrap();
         assert_eq!(rules(), first);
@@ -412,7 +424,7 @@ fn remove_deletes_the_table() {
         assert!(rules().is_empty());
         nft::remove().unwrap();
         nft::apply(&Ruleset::default()).unwrap();
-        assert_eq!(counts(), map(&[("forward", 2)]));
+        assert_eq!(counts(), map(&[("forward", 2), ("prerouting", 1)]));
         nft::remove().unwrap();
         assert!(tables().is_empty());
     });
@@ -482,7 +494,10 @@ fn kernel_errors_name_the_step() {
         drop(owner);
         assert!(tables().is_empty());
         nft::apply(&full()).unwrap();
-        assert_eq!(counts(), map(&[("forward", 8), ("postrouting", 2)]));
+        assert_eq!(
+            counts(),
+            map(&[("forward", 8), ("postrouting", 2), ("prerouting", 1)])
+        );
     });
 }
 
