@@ -48,6 +48,7 @@ if [ "$(id -u)" = 0 ] && [ -z "${_NET_INNER:-}" ]; then
   exit
 fi
 
+WORK=${WORK:?set by the root half}
 export RCRUN_DATA_DIR=$WORK/data XDG_RUNTIME_DIR=$WORK/xdg
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 R=$RCRUN
