@@ -421,11 +421,7 @@ impl Containers {
         }
         let target = rows[0]
             .1
-            .addresses
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(rows[0].1.addresses.first())
-            .copied()
+            .primary_address()
             .ok_or_else(|| anyhow!("network {} gave no address", rows[0].0.name))?;
         let mut sockets = Vec::new();
         let mut forwards = Vec::new();
@@ -517,11 +513,7 @@ impl Containers {
                     )
                 })?;
             let ip = shared
-                .addresses
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(shared.addresses.first())
-                .copied()
+                .primary_address()
                 .ok_or_else(|| anyhow!("--link {key}: container {} has no address", target.name))?;
             out.push((alias.clone(), ip));
             if *alias != target.name && target.name.parse::<dnsd::Name>().is_ok() {

@@ -93,6 +93,17 @@ pub struct AttachmentRow {
     pub addresses: Vec<IpAddr>,
 }
 
+impl AttachmentRow {
+    /// The address others reach it at: its IPv4 one, else its first.
+    pub fn primary_address(&self) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(self.addresses.first())
+            .copied()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PortRow {
     pub protocol: Protocol,

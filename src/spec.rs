@@ -196,16 +196,7 @@ fn container_path(flag: &str, path: &str) -> Result<String> {
 
 /// A hostname (RFC 1123 labels), before it reaches /etc/hosts.
 pub fn validate_hostname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if !ok {
+    if name.parse::<dnsd::Name>().is_err() {
         bail!("invalid hostname {name:?}: use letters, digits and '-' in dot-separated labels");
     }
     Ok(())

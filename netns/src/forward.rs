@@ -15,8 +15,8 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::Error;
 use crate::proto::{Forward, Protocol};
+use crate::{AbortOnDrop, Error};
 
 const UDP_IDLE: Duration = Duration::from_secs(60);
 /// Per direction and connection: a copy through user space (tokio's copy, 8 KiB)
@@ -129,17 +129,8 @@ async fn splice_half(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// A relay task that ends with the port: dropped with the flow table.
-struct Relay(JoinHandle<()>);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn serve_udp(host: Rc<UdpSocket>, target: SocketAddr) {
-    let mut flows: HashMap<SocketAddr, (Rc<UdpSocket>, Relay)> = HashMap::new();
+    let mut flows: HashMap<SocketAddr, (Rc<UdpSocket>, AbortOnDrop)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((len, client)) = host.recv_from(&mut buf).await else {
@@ -163,7 +154,7 @@ async fn serve_udp(host: Rc<UdpSocket>, target: SocketAddr) {
                 let upstream = Rc::new(upstream);
                 let task =
                     tokio::task::spawn_local(relay_back(host.clone(), upstream.clone(), client));
-                flows.insert(client, (upstream.clone(), Relay(task)));
+                flows.insert(client, (upstream.clone(), AbortOnDrop(task)));
                 upstream
             }
         };

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,13 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Mutex, watch};
-use tokio::task::JoinHandle;
 
 use crate::link::Netlink;
 use crate::proto::{
     Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Request, Response, Status,
 };
-use crate::{Error, egress, forward, nft, upstream, wire};
+use crate::{AbortOnDrop, Error, egress, forward, nft, upstream, wire};
 
 /// The socket clients connect to, inside the infra's directory.
 pub(crate) const SOCKET: &str = "infra.sock";
@@ -150,10 +149,9 @@ pub fn infra_child(sync: OwnedFd, dir: &Path, linger: Duration) -> i32 {
         forward_timeout: dnsd::DEFAULT_FORWARD_TIMEOUT,
         sockets: std::sync::Arc::new(host_sockets),
     });
-    let upstreams_from_host = std::env::var_os("RCRUN_DNS_UPSTREAMS").is_none();
     let local = tokio::task::LocalSet::new();
     let code = local.block_on(&runtime, async {
-        let state = match State::new(off, dns, upstreams_from_host) {
+        let state = match State::new(off, dns) {
             Ok(s) => s,
             Err(e) => return fail(&sync, e.to_string()),
         };
@@ -200,52 +198,35 @@ struct Container {
     netns: OwnedFd,
     netlink: Netlink,
     links: Vec<Link>,
-    forwards: Vec<(Forward, JoinHandle<()>)>,
+    forwards: Vec<(Forward, AbortOnDrop)>,
     host_access: bool,
 }
 
 struct Bridge {
     spec: BridgeSpec,
     index: u32,
-    _dns: DnsListeners,
-}
-
-/// dnsd's tasks on a bridge; they end with it.
-struct DnsListeners(Vec<JoinHandle<()>>);
-
-impl Drop for DnsListeners {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
+    /// dnsd's listeners on the gateways; they end with the bridge.
+    _dns: Vec<AbortOnDrop>,
 }
 
 struct State {
     n0: Netlink,
     bridges: BTreeMap<String, Bridge>,
     dns: dnsd::Dnsd,
-    /// Upstreams come from the host's resolv.conf, read again at each setup.
-    upstreams_from_host: bool,
     containers: HashMap<String, Container>,
     next_link: u32,
     egress_off: Option<String>,
     /// Each connected client's socket, to tell whether it hung up.
-    clients: HashMap<u64, RawFd>,
+    clients: HashMap<u64, Rc<AsyncFd<OwnedFd>>>,
     idle: watch::Sender<bool>,
 }
 
 impl State {
-    fn new(
-        egress_off: Option<String>,
-        dns: dnsd::Dnsd,
-        upstreams_from_host: bool,
-    ) -> Result<Self, Error> {
+    fn new(egress_off: Option<String>, dns: dnsd::Dnsd) -> Result<Self, Error> {
         Ok(State {
             n0: Netlink::open("the infra namespace")?,
             bridges: BTreeMap::new(),
             dns,
-            upstreams_from_host,
             containers: HashMap::new(),
             next_link: 0,
             egress_off,
@@ -296,13 +277,10 @@ impl State {
     /// Whether the client `owner` closed its end (a peer's close shows as POLLHUP
     /// on a unix socket, even with messages still queued).
     fn hung_up(&self, owner: u64) -> bool {
-        let Some(&fd) = self.clients.get(&owner) else {
+        let Some(conn) = self.clients.get(&owner) else {
             return true;
         };
-        // SAFETY: the fd stays open while it is in `clients` (serve_client removes
-        // it before dropping the connection).
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(fd, PollFlags::empty())];
+        let mut fds = [PollFd::new(conn.get_ref().as_fd(), PollFlags::empty())];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
             && fds[0]
                 .revents()
@@ -338,7 +316,7 @@ impl State {
             .ensure_bridge(
                 &spec.bridge,
                 spec.mtu,
-                mac_for(&addresses.iter().map(|(ip, _)| *ip).collect::<Vec<_>>()),
+                mac_for(spec.subnets.first().map(|(_, gateway)| *gateway)),
                 &addresses,
             )
             .await?;
@@ -366,26 +344,26 @@ impl State {
     }
 
     /// dnsd on each of the bridge's gateway addresses, UDP and TCP port 53.
-    fn serve_dns(&self, spec: &BridgeSpec) -> Result<DnsListeners, Error> {
+    fn serve_dns(&self, spec: &BridgeSpec) -> Result<Vec<AbortOnDrop>, Error> {
         self.dns.set_network(dnsd::NetworkInfo {
             name: spec.name.clone(),
             internal: spec.internal,
         });
-        let mut tasks = DnsListeners(Vec::new());
+        let mut tasks = Vec::new();
         for (_, gateway) in &spec.subnets {
             let at = SocketAddr::new(*gateway, 53);
             let (udp, tcp) = dns_sockets(at)
                 .map_err(|e| Error::io(format!("serve DNS on {at} of {}", spec.bridge), e))?;
             let dns = self.dns.clone();
             let name = spec.name.clone();
-            tasks.0.push(tokio::task::spawn_local(async move {
+            tasks.push(AbortOnDrop(tokio::task::spawn_local(async move {
                 dns.serve_udp(udp, name).await
-            }));
+            })));
             let dns = self.dns.clone();
             let name = spec.name.clone();
-            tasks.0.push(tokio::task::spawn_local(async move {
+            tasks.push(AbortOnDrop(tokio::task::spawn_local(async move {
                 dns.serve_tcp(tcp, name).await
-            }));
+            })));
         }
         Ok(tasks)
     }
@@ -403,9 +381,7 @@ impl State {
 
     /// The host's resolvers, again: it may have changed network since.
     fn refresh_upstreams(&self) {
-        if self.upstreams_from_host
-            && let Ok(upstreams) = upstream::upstreams_from_env_or_host()
-        {
+        if let Ok(upstreams) = upstream::upstreams_from_env_or_host() {
             self.dns.set_upstreams(upstreams);
         }
     }
@@ -438,7 +414,11 @@ impl State {
                 &host,
                 bridge,
                 a.network.mtu,
-                (&a.ifname, mac_for(&a.addresses), ctr.netns.as_fd()),
+                (
+                    &a.ifname,
+                    mac_for(a.addresses.first().copied()),
+                    ctr.netns.as_fd(),
+                ),
             )
             .await?;
         let configured = async {
@@ -483,13 +463,11 @@ impl State {
     }
 
     async fn release(&mut self, id: &str) -> Result<(), Error> {
-        let Some(ctr) = self.containers.remove(id) else {
+        let Some(mut ctr) = self.containers.remove(id) else {
             return Ok(());
         };
         self.dns.remove_container(id);
-        for (_, task) in &ctr.forwards {
-            task.abort();
-        }
+        ctr.forwards.clear();
         // The container may live on (a kill in flight): unplug it explicitly.
         let mut first_error = None;
         for link in &ctr.links {
@@ -551,7 +529,7 @@ impl State {
         let started = attached.and_then(|()| {
             for (f, socket) in forwards.into_iter().zip(sockets) {
                 let task = forward::spawn(&f, socket)?;
-                ctr.forwards.push((f, task));
+                ctr.forwards.push((f, AbortOnDrop(task)));
             }
             Ok(())
         });
@@ -749,8 +727,8 @@ fn dns_sockets(
 /// address is; a bridge gets its gateway's, which also pins it: a bridge left to
 /// itself takes the lowest MAC of its ports, and changes it when that port goes,
 /// which strands its containers' ARP entries for the gateway.
-fn mac_for(addresses: &[IpAddr]) -> [u8; 6] {
-    let tail = match addresses.first() {
+fn mac_for(address: Option<IpAddr>) -> [u8; 6] {
+    let tail = match address {
         Some(IpAddr::V4(v4)) => v4.octets(),
         Some(IpAddr::V6(v6)) => {
             let o = v6.octets();
@@ -816,7 +794,7 @@ async fn send_response(fd: &AsyncFd<OwnedFd>, resp: &Response, attach: Option<&O
     }
 }
 
-async fn serve_client(state: Rc<Mutex<State>>, fd: AsyncFd<OwnedFd>, owner: u64) {
+async fn serve_client(state: Rc<Mutex<State>>, fd: Rc<AsyncFd<OwnedFd>>, owner: u64) {
     while let Some((req, fds)) = recv_request(&fd).await {
         let (resp, attach) = state.lock().await.handle(owner, req, fds).await;
         if !send_response(&fd, &resp, attach.as_ref()).await {
@@ -845,11 +823,11 @@ async fn serve(state: State, listener: AsyncFd<OwnedFd>, linger: Duration, dir: 
                 let Ok(Ok(raw)) = accepted else { continue };
                 // SAFETY: accept4 returned a new descriptor we own.
                 let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-                let Ok(conn) = watch(conn) else { continue };
+                let Ok(conn) = watch(conn).map(Rc::new) else { continue };
                 next_owner += 1;
                 {
                     let mut st = state.lock().await;
-                    st.clients.insert(next_owner, conn.as_raw_fd());
+                    st.clients.insert(next_owner, conn.clone());
                     st.update_idle();
                 }
                 tokio::task::spawn_local(serve_client(state.clone(), conn, next_owner));

@@ -26,6 +26,16 @@ pub use infra::{SyncPair, infra_child, infra_parent, sync_pair};
 pub use proto::{Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Protocol, Status};
 pub use upstream::serve_host_sockets;
 
+/// A task that ends when its handle is dropped (with the port, bridge or flow
+/// that owns it).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{step}: {source}")]

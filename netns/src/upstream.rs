@@ -37,7 +37,9 @@ pub fn serve_host_sockets(sync: OwnedFd) {
         } else {
             SockType::Datagram
         };
-        let sent = match socket(family, ty, SockFlag::SOCK_CLOEXEC, None) {
+        // Non-blocking travels with the open file: the infra uses it as made.
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let sent = match socket(family, ty, flags, None) {
             Ok(s) => wire::send(sync.as_fd(), &SocketResponse::Made, &[s.as_raw_fd()]),
             Err(e) => wire::send(
                 sync.as_fd(),
@@ -69,14 +71,7 @@ impl dnsd::UpstreamSockets for HostSockets {
         };
         wire::send(sync.as_fd(), &req, &[])?;
         match wire::recv::<SocketResponse>(sync.as_fd(), MsgFlags::empty())? {
-            Some((SocketResponse::Made, mut fds)) if fds.len() == 1 => {
-                let fd = fds.remove(0);
-                nix::fcntl::fcntl(
-                    &fd,
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                )?;
-                Ok(fd)
-            }
+            Some((SocketResponse::Made, mut fds)) if fds.len() == 1 => Ok(fds.remove(0)),
             Some((SocketResponse::Failed(e), _)) => Err(std::io::Error::other(format!(
                 "make an upstream socket on the host: {e}"
             ))),
