@@ -5,11 +5,12 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
 
 use crate::infra::{LOCK, SOCKET};
-use crate::proto::{Attachment, Forward, Hello, Protocol, Request, Response, Status};
+use crate::proto::{Attachment, Forward, Hello, Probe, Protocol, Request, Response, Status};
 use crate::{Error, wire};
 
 /// A connection to the running infra. Containers set up over it are released
@@ -175,6 +176,40 @@ impl Infra {
     pub fn status(&self) -> Result<Status, Error> {
         match self.call(&Request::Status, &[])? {
             (Response::Status(s), _) => Ok(s),
+            (other, _) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Tries once, from the infra's namespace (the bridges' side), to reach
+    /// `addr` within `timeout`: TCP is open when a connection completes (it is
+    /// closed at once, no data sent); UDP is closed only when refused (ICMP port
+    /// unreachable) within min(`timeout`, 1s), else open.
+    pub fn probe(
+        &self,
+        protocol: Protocol,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Probe, Error> {
+        match self.call(
+            &Request::Probe {
+                protocol,
+                addr,
+                timeout,
+            },
+            &[],
+        )? {
+            (Response::Probe(p), _) => Ok(p),
+            (other, _) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Publishes host ports (`sockets` from [`bind_host_port`], one per forward)
+    /// to container addresses on rcrun networks, whoever set those containers
+    /// up. Served until this connection closes; calls accumulate.
+    pub fn publish(&self, forwards: Vec<Forward>, sockets: &[OwnedFd]) -> Result<(), Error> {
+        let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+        match self.call(&Request::Publish { forwards }, &fds)? {
+            (Response::Done, _) => Ok(()),
             (other, _) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
         }
     }

@@ -1,6 +1,7 @@
 //! Published ports, served in the infra namespace from sockets opened on the host:
 //! TCP connections are spliced to the container; UDP datagrams are relayed per
-//! client through a socket of their own, dropped after a quiet minute.
+//! client through a socket of their own, dropped after a quiet minute. Setup
+//! (a container's own ports) and Publish (ports of others' containers) share it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt};
 use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::proto::{Forward, Protocol};
 use crate::{AbortOnDrop, Error};
@@ -24,10 +25,52 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 const PIPE_SIZE: usize = 1 << 20;
 const TRANSPARENT_CONNECT: Duration = Duration::from_secs(5);
 
+/// Forwards being served; each stops, with its socket and its connections,
+/// when dropped.
+pub(crate) type Served = Vec<(Forward, AbortOnDrop)>;
+
+/// Checks that a request brought one socket per forward.
+pub(crate) fn check_sockets(forwards: &[Forward], sockets: &[OwnedFd]) -> Result<(), Error> {
+    if sockets.len() != forwards.len() {
+        return Err(Error::Infra(format!(
+            "{} published ports came with {} sockets",
+            forwards.len(),
+            sockets.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Starts serving each forward from its socket (in order): all or none.
+pub(crate) fn serve(forwards: Vec<Forward>, sockets: Vec<OwnedFd>) -> Result<Served, Error> {
+    check_sockets(&forwards, &sockets)?;
+    forwards
+        .into_iter()
+        .zip(sockets)
+        .map(|(f, socket)| {
+            let task = spawn(&f, socket)?;
+            Ok((f, AbortOnDrop(task)))
+        })
+        .collect()
+}
+
 /// Starts serving `forward` from `socket` (the host-side listener); the task
 /// ends when aborted.
-pub(crate) fn spawn(forward: &Forward, socket: OwnedFd) -> Result<JoinHandle<()>, Error> {
+fn spawn(forward: &Forward, socket: OwnedFd) -> Result<JoinHandle<()>, Error> {
     let target = forward.container;
+    // A socket of the other kind would fail every accept or receive, forever.
+    let kind = nix::sys::socket::getsockopt(&socket, sockopt::SockType)
+        .map_err(|e| Error::sys(format!("check the socket of host port {}", forward.host), e))?;
+    let expected = match forward.protocol {
+        Protocol::Tcp => nix::sys::socket::SockType::Stream,
+        Protocol::Udp => nix::sys::socket::SockType::Datagram,
+    };
+    if kind != expected {
+        return Err(Error::Infra(format!(
+            "the socket sent for host port {}/{} is not a {} socket",
+            forward.host, forward.protocol, forward.protocol
+        )));
+    }
     match forward.protocol {
         Protocol::Tcp => {
             let std = std::net::TcpListener::from(socket);
@@ -49,13 +92,17 @@ pub(crate) fn spawn(forward: &Forward, socket: OwnedFd) -> Result<JoinHandle<()>
 }
 
 async fn serve_tcp(listener: TcpListener, target: SocketAddr) {
+    // Held here so that stopping the port also ends its connections: a
+    // published port of a container that lives on must not leave them open.
+    let mut connections = JoinSet::new();
     loop {
         let Ok((client, peer)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        tokio::task::spawn_local(async move {
+        while connections.try_join_next().is_some() {}
+        connections.spawn_local(async move {
             let _ = client.set_nodelay(true);
             if let Ok(upstream) = connect_as(peer, target).await {
                 let _ = upstream.set_nodelay(true);

@@ -22,7 +22,7 @@ use crate::link::Netlink;
 use crate::proto::{
     Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Request, Response, Status,
 };
-use crate::{AbortOnDrop, Error, egress, forward, nft, upstream, wire};
+use crate::{AbortOnDrop, Error, egress, forward, nft, probe, upstream, wire};
 
 /// The socket clients connect to, inside the infra's directory.
 pub(crate) const SOCKET: &str = "infra.sock";
@@ -198,7 +198,7 @@ struct Container {
     netns: OwnedFd,
     netlink: Netlink,
     links: Vec<Link>,
-    forwards: Vec<(Forward, AbortOnDrop)>,
+    forwards: forward::Served,
     host_access: bool,
 }
 
@@ -214,6 +214,8 @@ struct State {
     bridges: BTreeMap<String, Bridge>,
     dns: dnsd::Dnsd,
     containers: HashMap<String, Container>,
+    /// Ports published by `Publish`, by the connection that owns them.
+    published: BTreeMap<u64, forward::Served>,
     next_link: u32,
     egress_off: Option<String>,
     /// Each connected client's socket, to tell whether it hung up.
@@ -228,6 +230,7 @@ impl State {
             bridges: BTreeMap::new(),
             dns,
             containers: HashMap::new(),
+            published: BTreeMap::new(),
             next_link: 0,
             egress_off,
             clients: HashMap::new(),
@@ -501,13 +504,7 @@ impl State {
             // release), and that close is not served yet.
             self.release(&id).await?;
         }
-        if sockets.len() != forwards.len() {
-            return Err(Error::Infra(format!(
-                "{} published ports came with {} sockets",
-                forwards.len(),
-                sockets.len()
-            )));
-        }
+        forward::check_sockets(&forwards, &sockets)?;
         self.refresh_upstreams();
         let (netns, netlink) = new_netns(&id)?;
         netlink.loopback_up().await?;
@@ -527,10 +524,7 @@ impl State {
             }
         }
         let started = attached.and_then(|()| {
-            for (f, socket) in forwards.into_iter().zip(sockets) {
-                let task = forward::spawn(&f, socket)?;
-                ctr.forwards.push((f, AbortOnDrop(task)));
-            }
+            ctr.forwards = forward::serve(forwards, sockets)?;
             Ok(())
         });
         let reply = started.and_then(|()| {
@@ -555,6 +549,39 @@ impl State {
         }
     }
 
+    /// Serves host ports to containers on any bridge, for `owner` until it
+    /// hangs up (the container may belong to another connection).
+    fn publish(
+        &mut self,
+        owner: u64,
+        forwards: Vec<Forward>,
+        sockets: Vec<OwnedFd>,
+    ) -> Result<Response, Error> {
+        for f in &forwards {
+            let ip = f.container.ip();
+            let known = self
+                .bridges
+                .values()
+                .flat_map(|b| b.spec.subnets.iter())
+                .any(|(subnet, _)| subnet.contains(ip));
+            if !known {
+                return Err(Error::Infra(format!(
+                    "cannot publish {}/{} to {}: {ip} is on no rcrun network",
+                    f.host, f.protocol, f.container
+                )));
+            }
+            if f.container.port() == 0 {
+                return Err(Error::Infra(format!(
+                    "cannot publish {}/{} to port 0 of {ip}",
+                    f.host, f.protocol
+                )));
+            }
+        }
+        let served = forward::serve(forwards, sockets)?;
+        self.published.entry(owner).or_default().extend(served);
+        Ok(Response::Done)
+    }
+
     async fn status(&self) -> Result<Status, Error> {
         let mut containers: Vec<ContainerStatus> = self
             .containers
@@ -570,6 +597,12 @@ impl State {
             bridges: self.bridges.keys().cloned().collect(),
             links: self.n0.link_names().await?,
             containers,
+            published: self
+                .published
+                .values()
+                .flatten()
+                .map(|(f, _)| f.clone())
+                .collect(),
         })
     }
 
@@ -624,6 +657,10 @@ impl State {
             }
             Request::RemoveBridge { bridge } => self.remove_bridge(&bridge).await,
             Request::Status => self.status().await.map(Response::Status),
+            Request::Publish { forwards } => self.publish(owner, forwards, fds),
+            Request::Probe { .. } => Err(Error::Internal(
+                "a probe reached the state lock; serve_client runs it".into(),
+            )),
         };
         (
             result.unwrap_or_else(|e| Response::Failed(e.to_string())),
@@ -679,6 +716,8 @@ impl State {
                 eprintln!("rcrun infra: release container {id}: {e}");
             }
         }
+        // Stops its published ports and closes their sockets.
+        self.published.remove(&owner);
         self.clients.remove(&owner);
         self.update_idle();
     }
@@ -796,7 +835,19 @@ async fn send_response(fd: &AsyncFd<OwnedFd>, resp: &Response, attach: Option<&O
 
 async fn serve_client(state: Rc<Mutex<State>>, fd: Rc<AsyncFd<OwnedFd>>, owner: u64) {
     while let Some((req, fds)) = recv_request(&fd).await {
-        let (resp, attach) = state.lock().await.handle(owner, req, fds).await;
+        let (resp, attach) = match req {
+            // Without the lock: it may wait its whole timeout, and other
+            // connections must not.
+            Request::Probe {
+                protocol,
+                addr,
+                timeout,
+            } => match probe::probe(protocol, addr, timeout).await {
+                Ok(p) => (Response::Probe(p), None),
+                Err(e) => (Response::Failed(e.to_string()), None),
+            },
+            req => state.lock().await.handle(owner, req, fds).await,
+        };
         if !send_response(&fd, &resp, attach.as_ref()).await {
             break;
         }

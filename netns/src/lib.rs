@@ -16,6 +16,7 @@ mod forward;
 mod infra;
 mod link;
 pub mod nft;
+mod probe;
 mod proto;
 pub mod subnet;
 mod upstream;
@@ -23,7 +24,7 @@ mod wire;
 
 pub use client::{Infra, bind_host_port};
 pub use infra::{SyncPair, infra_child, infra_parent, sync_pair};
-pub use proto::{Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Protocol, Status};
+pub use proto::{Attachment, BridgeSpec, ContainerStatus, Forward, Hello, Probe, Protocol, Status};
 pub use upstream::serve_host_sockets;
 
 /// A task that ends when its handle is dropped (with the port, bridge or flow

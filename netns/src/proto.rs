@@ -1,6 +1,7 @@
 //! The requests rcrun sends to the infra process, and its answers.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,28 @@ pub(crate) enum Request {
         bridge: String,
     },
     Status,
+    /// Tries once, from N0 (the bridges' side), to reach `addr`; answered with
+    /// `Probe`. Served outside the infra's state lock: it may wait `timeout`.
+    Probe {
+        protocol: Protocol,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    /// Serves host ports (sockets attached, one per forward) to containers of
+    /// any connection; the forwards belong to this connection, like Setup's.
+    Publish {
+        forwards: Vec<Forward>,
+    },
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// TCP: a connection completed. UDP: nothing refused the datagram (UDP
+    /// cannot prove a port open).
+    Open,
+    /// Why not, e.g. "connection refused", "no answer within 1s".
+    Closed(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +127,9 @@ pub struct Status {
     /// Every link in the infra namespace.
     pub links: Vec<String>,
     pub containers: Vec<ContainerStatus>,
+    /// Ports published by `Publish`, across connections.
+    #[serde(default)]
+    pub published: Vec<Forward>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,5 +146,6 @@ pub(crate) enum Response {
     /// The container's network namespace is attached.
     Netns,
     Status(Status),
+    Probe(Probe),
     Failed(String),
 }

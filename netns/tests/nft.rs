@@ -1,13 +1,13 @@
 //! netns::nft against the kernel. Each test runs again in a child process of this binary
 //! that has a network namespace of its own (inside a new user namespace when not root), so
-//! nothing touches the host's namespace and everything goes when the child exits.
+//! nothing touches the host's namespace and everything goes when the child exits
+//! ([`common::isolated`]).
 //! The table is read back with nf_tables netlink dumps written here, apart from the module.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,76 +18,12 @@ use std::time::Duration;
 use netns::nft::{self, NetworkRules, NftError, Ruleset};
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, unshare};
+
+mod common;
+use common::isolated;
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
-use nix::unistd::{getegid, geteuid};
-
-const INNER: &str = "RCRUN_NFT_TEST_INNER";
-
-/// Runs `body` in a child process of this test binary, in a network namespace of its own:
-/// the child runs the test `name` alone, and the test finds itself inside by `INNER`, which
-/// names the namespace it must not be in.
-fn isolated(name: &str, body: impl FnOnce()) {
-    let here = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
-    if let Some(parent) = std::env::var_os(INNER) {
-        // Never in the namespace of whoever ran the tests.
-        assert_ne!(
-            here.as_os_str(),
-            parent,
-            "{INNER} set, yet not in a namespace of its own"
-        );
-        body();
-        return;
-    }
-    let root = geteuid().is_root();
-    let uid_map = format!("0 {} 1", geteuid());
-    let gid_map = format!("0 {} 1", getegid());
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, &here);
-    // SAFETY: between fork and exec only unshare, open, write and close, on data
-    // prepared beforehand.
-    unsafe {
-        cmd.pre_exec(move || {
-            if root {
-                unshare(CloneFlags::CLONE_NEWNET)?;
-            } else {
-                unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)?;
-                write_file(c"/proc/self/setgroups", b"deny")?;
-                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
-                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
-            }
-            Ok(())
-        })
-    };
-    let out = cmd.output().expect("running the test in a child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} in its own namespace: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-}
-
-/// Writes `data` to `path` with plain system calls (safe after fork).
-fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
-    // SAFETY: a NUL-terminated path and a valid buffer.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = libc::write(fd, data.as_ptr().cast(), data.len());
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if n != data.len() as isize {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
 
 // ---- reading nf_tables back ----
 
@@ -298,7 +234,7 @@ fn map(v: &[(&str, usize)]) -> BTreeMap<String, usize> {
 
 #[test]
 fn apply_installs_the_table() {
-    isolated("apply_installs_the_table", || {
+    isolated("apply_installs_the_table", &[], || {
         assert!(tables().is_empty());
         nft::apply(&full()).unwrap();
         assert_eq!(tables(), ["rcrun"]);
@@ -359,7 +295,7 @@ fn apply_installs_the_table() {
 
 #[test]
 fn apply_is_idempotent_and_replaces() {
-    isolated("apply_is_idempotent_and_replaces", || {
+    isolated("apply_is_idempotent_and_replaces", &[], || {
         nft::apply(&full()).unwrap();
         let first = rules();
         nft::apply(&full()).unwrap();
@@ -415,7 +351,7 @@ fn apply_is_idempotent_and_replaces() {
 
 #[test]
 fn remove_deletes_the_table() {
-    isolated("remove_deletes_the_table", || {
+    isolated("remove_deletes_the_table", &[], || {
         // Nothing there yet: fine.
         nft::remove().unwrap();
         nft::apply(&full()).unwrap();
@@ -433,7 +369,7 @@ fn remove_deletes_the_table() {
 /// The kernel's refusal is reported with the step it refused, and the batch changes nothing.
 #[test]
 fn kernel_errors_name_the_step() {
-    isolated("kernel_errors_name_the_step", || {
+    isolated("kernel_errors_name_the_step", &[], || {
         // Another socket creates `inet rcrun` as its owner (NFT_TABLE_F_OWNER): nobody
         // else may touch it while that socket is open.
         let owner = nl_socket();
@@ -637,7 +573,7 @@ fn v4(s: &str) -> Option<IpAddr> {
 /// rcbr1, and the outside e (10.0.2.2 = host gateway, 10.0.2.3) behind tap0 (10.0.2.100).
 #[test]
 fn forwarding_through_the_firewall() {
-    isolated("forwarding_through_the_firewall", || {
+    isolated("forwarding_through_the_firewall", &[], || {
         ip("link set lo up");
         for (br, addr) in [("rcbr0", "10.88.0.1/24"), ("rcbr1", "10.88.1.1/24")] {
             ip(&format!("link add {br} type bridge"));
