@@ -1,5 +1,5 @@
 //! The docker-like commands: pull, images, rmi, image prune, gc, run, ps, logs, stop,
-//! kill, rm, exec, inspect.
+//! kill, rm, exec, inspect, network, volume.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use rcrun::db::short_id;
 use rcrun::images::{Images, PullOptions, default_data_dir};
 use rcrun::networks::{self, NewNetwork};
 use rcrun::spec::RunRequest;
+use rcrun::volumes;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, Default)]
 pub enum Format {
@@ -218,6 +219,36 @@ pub enum NetworkCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (its files are made when a container first mounts it).
+    Create { name: Option<String> },
+    /// List volumes and the containers that use them.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Only the names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show volumes as JSON: mountpoint, created, the containers that use them.
+    Inspect {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes no container uses (-f: an unknown name is no error).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove every volume no container uses.
+    Prune,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pull an image: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG],
     /// docker-archive:FILE.
@@ -295,6 +326,9 @@ pub enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// List a container's published ports.
     Port { container: String },
     /// The per-user network infra process (started by rcrun itself).
@@ -446,6 +480,65 @@ fn network_command(command: NetworkCommand) -> Result<i32> {
                 None => None,
             };
             println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(0)
+        }
+    }
+}
+
+fn volume_command(command: VolumeCommand) -> Result<i32> {
+    // Containers whose monitor died are finished first: their uses end with them.
+    let mut images = open()?.images;
+    let data_dir = images.data_dir().to_path_buf();
+    match command {
+        VolumeCommand::Create { name } => {
+            println!("{}", volumes::create(images.db(), name.as_deref())?);
+            Ok(0)
+        }
+        VolumeCommand::Ls { format, quiet } => {
+            let rows = volumes::list(images.db_ref(), &data_dir)?;
+            let mut out = std::io::stdout().lock();
+            if quiet {
+                for v in rows {
+                    writeln!(out, "{}", v.name)?;
+                }
+            } else if format == Format::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                writeln!(out, "{:<32} {:<30} USED BY", "VOLUME NAME", "CREATED")?;
+                for v in rows {
+                    let users: Vec<&str> = v.users.iter().map(|u| u.name.as_str()).collect();
+                    let users = if users.is_empty() {
+                        "-".into()
+                    } else {
+                        users.join(",")
+                    };
+                    writeln!(out, "{:<32} {:<30} {users}", v.name, v.created)?;
+                }
+            }
+            Ok(0)
+        }
+        VolumeCommand::Inspect { volumes: names } => {
+            let mut all = Vec::new();
+            let code = each(&names, |name| {
+                all.push(volumes::inspect(images.db_ref(), &data_dir, name)?);
+                Ok(())
+            });
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            code
+        }
+        VolumeCommand::Rm {
+            force,
+            volumes: names,
+        } => each(&names, |name| {
+            if volumes::remove(images.db(), &data_dir, name, force)? {
+                println!("{name}");
+            }
+            Ok(())
+        }),
+        VolumeCommand::Prune => {
+            for name in volumes::prune(images.db(), &data_dir)? {
+                println!("{name}");
+            }
             Ok(0)
         }
     }
@@ -726,6 +819,7 @@ pub fn run(command: Command) -> Result<i32> {
             },
         ),
         Command::Network(command) => network_command(command),
+        Command::Volume(command) => volume_command(command),
         Command::Port { container } => {
             for p in open()?.ports(&container)? {
                 println!("{}/{} -> {}", p.container_port, p.protocol, p.host);

@@ -17,6 +17,7 @@ use crate::db::{ContainerRow, Db, ImageRow, short_id};
 use crate::images::{Images, PullOptions, remove_trees};
 use crate::networks::{self, DEFAULT_NETWORK, PortRow};
 use crate::spec::{self, ContainerFiles, NetNs, ResolvedUser, RunRequest};
+use crate::volumes;
 
 /// Where a container's root filesystem comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +301,7 @@ impl Containers {
             .unwrap_or_default();
         let user = self.resolve_user(image, &user_spec)?;
         let command = spec::command_line(image_config, &flags.request)?;
+        let volume_uses = volumes::uses(&flags.request.volumes)?;
         let id = random_hex(32)?;
         let name = match &flags.name {
             Some(n) => {
@@ -329,8 +331,10 @@ impl Containers {
         self.db()
             .set_owner(&id, owner_of(std::process::id() as i32))?;
         let mut net = None;
+        let mut new_volumes = Vec::new();
         let made = self
-            .setup_network((&id, &row.name), &hostname, flags)
+            .attach_volumes(&id, image, &user, &volume_uses, &mut new_volumes)
+            .and_then(|()| self.setup_network((&id, &row.name), &hostname, flags))
             .and_then(|(n, request, files)| {
                 net = n;
                 self.write_files(image_config, &id, &hostname, &user, &request, &files)
@@ -345,9 +349,25 @@ impl Containers {
                 let _ = self.remove_files(&id);
                 let _ = networks::release(self.db(), &id);
                 let _ = self.db().remove_container(&id);
+                let data_dir = self.images.data_dir().to_path_buf();
+                let _ = volumes::discard(self.db(), &data_dir, &new_volumes);
                 Err(e)
             }
         }
+    }
+
+    /// Records the container's named volumes; makes the new ones from the image.
+    fn attach_volumes(
+        &mut self,
+        id: &str,
+        image: &ImageRow,
+        user: &ResolvedUser,
+        uses: &[volumes::Use],
+        made: &mut Vec<String>,
+    ) -> Result<()> {
+        let lowers = self.images.lowerdirs(image)?;
+        let data_dir = self.images.data_dir().to_path_buf();
+        volumes::attach(self.db(), &data_dir, id, uses, &lowers, user, made)
     }
 
     /// Leases addresses, opens published ports and has the infra build the
@@ -554,7 +574,7 @@ impl Containers {
             }
             Some((uids, gids))
         };
-        let volumes = self.images.data_dir().join("volumes");
+        let volumes = volumes::root(self.images.data_dir());
         let files = ContainerFiles {
             rootfs: &dir.join("rootfs"),
             hosts: &hosts,

@@ -1,5 +1,5 @@
-//! The metadata store: images (names → manifest) and containers, in one SQLite
-//! database (WAL, busy timeout), so concurrent rcrun processes never corrupt it and a
+//! The metadata store: images (names → manifest), containers and volumes, in one
+//! SQLite database (WAL, busy timeout), so concurrent rcrun processes never corrupt it and a
 //! container name is claimed by exactly one of them.
 
 use std::path::Path;
@@ -36,6 +36,18 @@ CREATE TABLE IF NOT EXISTS containers (
     finished    TEXT,
     owner_pid   INTEGER,            -- the process that is its monitor while it runs
     owner_start INTEGER             -- that process's start time (pid reuse)
+);
+";
+
+const VOLUME_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS volumes (
+    name    TEXT PRIMARY KEY,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volume_users (
+    container TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+    volume    TEXT NOT NULL REFERENCES volumes(name),
+    PRIMARY KEY (container, volume)
 );
 ";
 
@@ -89,6 +101,29 @@ pub struct ContainerRow {
     pub finished: Option<String>,
 }
 
+/// A named volume and the containers (running or not) that use it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeRow {
+    pub name: String,
+    pub created: String,
+    pub users: Vec<VolumeUser>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VolumeUser {
+    pub id: String,
+    pub name: String,
+}
+
+/// What [`Db::remove_volume`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeRemoval {
+    Removed,
+    NotFound,
+    /// Kept: these containers use it.
+    InUse(Vec<VolumeUser>),
+}
+
 pub struct Db {
     conn: Connection,
     path: std::path::PathBuf,
@@ -117,6 +152,8 @@ impl Db {
             .with_context(|| format!("create the schema of {}", path.display()))?;
         conn.execute_batch(crate::networks::SCHEMA)
             .with_context(|| format!("create the network schema of {}", path.display()))?;
+        conn.execute_batch(VOLUME_SCHEMA)
+            .with_context(|| format!("create the volume schema of {}", path.display()))?;
         Ok(Db { conn, path })
     }
 
@@ -437,10 +474,125 @@ impl Db {
             .collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Forgets a container, and with it (ON DELETE CASCADE) its network
+    /// attachments, leases, ports and volume uses.
     pub fn remove_container(&mut self, id: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM containers WHERE id = ?1", [id])?;
         Ok(())
+    }
+
+    /// Records a volume unless it exists; true if this call made it.
+    pub fn create_volume(&mut self, name: &str) -> Result<bool> {
+        let made = self.conn.execute(
+            "INSERT OR IGNORE INTO volumes (name, created) VALUES (?1, ?2)",
+            params![name, now_rfc3339()],
+        )?;
+        Ok(made == 1)
+    }
+
+    /// Records that `container` uses `volumes`, making the ones that do not exist,
+    /// in one transaction; returns the names it made.
+    pub fn use_volumes(&mut self, container: &str, volumes: &[String]) -> Result<Vec<String>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut made = Vec::new();
+        for name in volumes {
+            let new = tx.execute(
+                "INSERT OR IGNORE INTO volumes (name, created) VALUES (?1, ?2)",
+                params![name, now_rfc3339()],
+            )?;
+            if new == 1 {
+                made.push(name.clone());
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO volume_users (container, volume) VALUES (?1, ?2)",
+                params![container, name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(made)
+    }
+
+    fn volume_users(conn: &Connection, name: &str) -> Result<Vec<VolumeUser>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.id, c.name FROM volume_users u JOIN containers c ON c.id = u.container
+             WHERE u.volume = ?1 ORDER BY c.name",
+        )?;
+        Ok(stmt
+            .query_map([name], |r| {
+                Ok(VolumeUser {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn volume(&self, name: &str) -> Result<Option<VolumeRow>> {
+        let created: Option<String> = self
+            .conn
+            .query_row("SELECT created FROM volumes WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        created
+            .map(|created| {
+                Ok(VolumeRow {
+                    name: name.to_string(),
+                    created,
+                    users: Self::volume_users(&self.conn, name)?,
+                })
+            })
+            .transpose()
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, created FROM volumes ORDER BY name")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(name, created)| {
+                let users = Self::volume_users(&self.conn, &name)?;
+                Ok(VolumeRow {
+                    name,
+                    created,
+                    users,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a volume that no container uses. `unlink` (moving its files out of
+    /// the way) runs inside the transaction, so no container can start using the
+    /// volume between the check and the removal; if it fails, nothing changes.
+    pub fn remove_volume(
+        &mut self,
+        name: &str,
+        unlink: impl FnOnce() -> Result<()>,
+    ) -> Result<VolumeRemoval> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row("SELECT 1 FROM volumes WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(VolumeRemoval::NotFound);
+        }
+        let users = Self::volume_users(&tx, name)?;
+        if !users.is_empty() {
+            return Ok(VolumeRemoval::InUse(users));
+        }
+        tx.execute("DELETE FROM volumes WHERE name = ?1", [name])?;
+        unlink()?;
+        tx.commit()?;
+        Ok(VolumeRemoval::Removed)
     }
 }
 
@@ -553,5 +705,52 @@ mod tests {
         db.remove_container("c1").unwrap();
         assert!(db.remove_image(&id, false).unwrap().is_empty());
         assert!(db.image_by_id(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_volume_is_made_once_and_kept_while_a_container_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Db::open(dir.path()).unwrap();
+        let mut b = Db::open(dir.path()).unwrap();
+        a.insert_container(&container("c1", "one", "img")).unwrap();
+        a.insert_container(&container("c2", "two", "img")).unwrap();
+        let vols = ["cache".to_string()];
+        assert_eq!(a.use_volumes("c1", &vols).unwrap(), vols);
+        assert!(b.use_volumes("c2", &vols).unwrap().is_empty());
+        assert!(!b.create_volume("cache").unwrap());
+        let users = |db: &Db| -> Vec<String> {
+            db.volume("cache")
+                .unwrap()
+                .unwrap()
+                .users
+                .into_iter()
+                .map(|u| u.name)
+                .collect()
+        };
+        assert_eq!(users(&b), ["one", "two"]);
+        let removal = b.remove_volume("cache", || panic!("in use")).unwrap();
+        assert!(matches!(removal, VolumeRemoval::InUse(u) if u.len() == 2));
+        a.remove_container("c1").unwrap();
+        assert_eq!(users(&a), ["two"]);
+        b.remove_container("c2").unwrap();
+        assert!(users(&a).is_empty());
+        let failed = a.remove_volume("cache", || bail!("cannot move it"));
+        assert!(failed.is_err());
+        assert!(
+            a.volume("cache").unwrap().is_some(),
+            "a failed unlink keeps the record"
+        );
+        let mut unlinked = false;
+        let removal = a.remove_volume("cache", || {
+            unlinked = true;
+            Ok(())
+        });
+        assert_eq!(removal.unwrap(), VolumeRemoval::Removed);
+        assert!(unlinked);
+        assert!(b.volume("cache").unwrap().is_none());
+        assert_eq!(
+            b.remove_volume("cache", || Ok(())).unwrap(),
+            VolumeRemoval::NotFound
+        );
     }
 }

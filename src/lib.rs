@@ -8,6 +8,7 @@ pub mod networks;
 pub mod progress;
 pub mod spec;
 pub mod upfile;
+pub mod volumes;
 
 /// A failure that must end rcrun with a particular exit code (125 by default; 126,
 /// 127 or the container's own code where docker uses those).

@@ -218,8 +218,25 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a `-v` mount comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// An absolute host path that exists.
+    Host(PathBuf),
+    /// A named volume (validated name), made on first use.
+    Named(String),
+}
+
+/// A parsed `-v SOURCE:DEST[:OPTS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub source: VolumeSource,
+    pub dest: String,
+    pub options: Vec<String>,
+}
+
 /// `-v SOURCE:DEST[:OPTS]`: a host path (absolute) or a named volume.
-fn volume_mount(spec: &str, volumes: &Path) -> Result<Value> {
+pub fn parse_volume(spec: &str) -> Result<VolumeSpec> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, dest, opts) = match parts.as_slice() {
         [s, d] => (*s, *d, ""),
@@ -240,15 +257,32 @@ fn volume_mount(spec: &str, volumes: &Path) -> Result<Value> {
         if !path.exists() {
             bail!("-v {spec:?}: the host path {source} does not exist; create it first");
         }
-        path
+        VolumeSource::Host(path)
     } else {
-        validate_name("volume", source)?;
-        let dir = volumes.join(source).join("_data");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("create volume {source} at {}", dir.display()))?;
-        dir
+        if source.contains('/') || source.starts_with('.') || source.starts_with('~') {
+            bail!(
+                "-v {spec:?}: {source:?} is not an absolute host path, and is an invalid volume name; write the host path in full, e.g. \"$PWD/{source}\""
+            );
+        }
+        validate_name("volume", source).with_context(|| format!("-v {spec:?}"))?;
+        VolumeSource::Named(source.to_string())
     };
-    Ok(json!({"destination": dest, "type": "bind", "source": source, "options": options}))
+    Ok(VolumeSpec {
+        source,
+        dest,
+        options,
+    })
+}
+
+/// The mount of a `-v`; a named volume's directory is made beforehand
+/// (crate::volumes).
+fn volume_mount(spec: &str, volumes: &Path) -> Result<Value> {
+    let v = parse_volume(spec)?;
+    let source = match &v.source {
+        VolumeSource::Host(path) => path.clone(),
+        VolumeSource::Named(name) => crate::volumes::mountpoint(volumes, name),
+    };
+    Ok(json!({"destination": v.dest, "type": "bind", "source": source, "options": v.options}))
 }
 
 /// `--tmpfs DEST[:OPTS]`.
@@ -484,9 +518,15 @@ mod tests {
             let err = volume_mount(spec, dir.path()).unwrap_err().to_string();
             assert!(err.contains(expect), "{spec}: {err}");
         }
+        let err = volume_mount("bad name:/data", dir.path()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("invalid volume name \"bad name\""),
+            "{err:#}"
+        );
         let ok = volume_mount("cache:/var/cache:ro", dir.path()).unwrap();
         assert_eq!(ok["destination"], "/var/cache");
-        assert!(dir.path().join("cache/_data").is_dir());
+        assert_eq!(ok["source"], json!(dir.path().join("cache/_data")));
+        assert!(ok["options"].as_array().unwrap().contains(&json!("ro")));
         assert!(tmpfs_mount("tmp").is_err());
     }
 

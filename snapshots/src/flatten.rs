@@ -214,3 +214,249 @@ pub fn flatten(lowers: &[PathBuf], target: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// What one layer (a diff in overlay form) holds at a path.
+enum Seen {
+    /// Nothing; the layers below decide.
+    Nothing,
+    /// Nothing, and the layers below are hidden here: a whiteout, a non-directory on
+    /// the way, or nothing under an opaque directory.
+    Hidden,
+    /// An entry; `last`: the layers below add nothing to it (it is not a directory,
+    /// or it or a directory above it is opaque).
+    Entry { md: std::fs::Metadata, last: bool },
+}
+
+/// Looks at `rel` (no symlinks, no `..`) in one layer, without following any
+/// symlink of the layer on the way.
+fn seen(lower: &Path, rel: &Path) -> Result<Seen> {
+    let stat = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(md) => Ok(Some(md)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("stat {}", p.display()), e)),
+    };
+    let mut path = lower.to_path_buf();
+    let mut opaque = false;
+    let mut names = rel.iter().peekable();
+    while let Some(name) = names.next() {
+        path.push(name);
+        let Some(md) = stat(&path)? else {
+            return Ok(if opaque { Seen::Hidden } else { Seen::Nothing });
+        };
+        if is_whiteout(&md) {
+            return Ok(Seen::Hidden);
+        }
+        if names.peek().is_none() {
+            let last = opaque || !md.is_dir() || is_opaque(&path);
+            return Ok(Seen::Entry { md, last });
+        }
+        if !md.is_dir() {
+            return Ok(Seen::Hidden);
+        }
+        opaque |= is_opaque(&path);
+    }
+    let md = stat(lower)?.ok_or_else(|| {
+        Error::io(
+            lower.display().to_string(),
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
+    Ok(Seen::Entry { md, last: false })
+}
+
+/// The layer whose entry at `rel` the merged image shows, and that entry.
+fn lookup<'a>(lowers: &'a [PathBuf], rel: &Path) -> Result<Option<(&'a Path, std::fs::Metadata)>> {
+    for lower in lowers {
+        match seen(lower, rel)? {
+            Seen::Nothing => {}
+            Seen::Hidden => return Ok(None),
+            Seen::Entry { md, .. } => return Ok(Some((lower, md))),
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves `path` in the merged image as a container's mount would: each symlink
+/// followed inside the image (an absolute target from the image's root), `..`
+/// stopping at the root. The image path of a directory there, or `None` when the
+/// image has none (nothing, or not a directory).
+fn resolve_dir(lowers: &[PathBuf], path: &Path) -> Result<Option<PathBuf>> {
+    use std::path::Component;
+    // Components still to walk, the next one last.
+    let pending = |p: &Path| -> Vec<Option<std::ffi::OsString>> {
+        p.components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(Some(name.to_os_string())),
+                Component::ParentDir => Some(None),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo = pending(path);
+    let mut done = PathBuf::new();
+    let mut links = 0;
+    while let Some(step) = todo.pop() {
+        let Some(name) = step else {
+            done.pop();
+            continue;
+        };
+        let candidate = done.join(name);
+        let Some((lower, md)) = lookup(lowers, &candidate)? else {
+            return Ok(None);
+        };
+        if md.is_dir() {
+            done = candidate;
+            continue;
+        }
+        if !md.file_type().is_symlink() {
+            return Ok(None);
+        }
+        links += 1;
+        if links > 40 {
+            return Err(Error::io(
+                format!("resolve {} in the image", path.display()),
+                std::io::Error::from_raw_os_error(libc::ELOOP),
+            ));
+        }
+        let link = lower.join(&candidate);
+        let target = std::fs::read_link(&link)
+            .map_err(|e| Error::io(format!("readlink {}", link.display()), e))?;
+        if target.is_absolute() {
+            done = PathBuf::new();
+        }
+        todo.extend(pending(&target));
+    }
+    Ok(Some(done))
+}
+
+/// Copies what the image of `lowers` (top first) has at `path` into the empty
+/// directory `target`, as [`flatten`] copies a whole image, `target` taking the
+/// owner and mode of that directory: a new volume's copy-up. `path` is resolved
+/// inside the image and nothing outside it is read. False (nothing copied) when
+/// the image has no directory there.
+pub fn flatten_subtree(lowers: &[PathBuf], path: &Path, target: &Path) -> Result<bool> {
+    let Some(rel) = resolve_dir(lowers, path)? else {
+        return Ok(false);
+    };
+    let mut sources = Vec::new();
+    for lower in lowers {
+        match seen(lower, &rel)? {
+            Seen::Nothing => {}
+            Seen::Hidden => break,
+            Seen::Entry { md, last } => {
+                if !md.is_dir() {
+                    break;
+                }
+                sources.push(lower.join(&rel));
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+    flatten(&sources, target)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A whiteout as overlayfs makes it; false where mknod is not allowed.
+    fn whiteout(path: &Path) -> bool {
+        let p = cstr(path).unwrap();
+        // SAFETY: valid C string.
+        unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) == 0 }
+    }
+
+    fn set_opaque(dir: &Path) {
+        let p = cstr(dir).unwrap();
+        let name = CString::new("user.overlay.opaque").unwrap();
+        // SAFETY: valid C strings and value.
+        let rc = unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        assert_eq!(
+            rc,
+            0,
+            "set {}: {}",
+            name.to_string_lossy(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    #[test]
+    fn a_subtree_is_the_merged_directory_resolved_inside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+        let outside = dir.path().join("outside");
+        write(&outside.join("secret"), "host");
+        write(&bottom.join("var/lib/db/a"), "a");
+        write(&bottom.join("var/lib/db/sub/b"), "b");
+        write(&bottom.join("var/lib/other/x"), "x");
+        write(&bottom.join("etc/file"), "f");
+        std::os::unix::fs::symlink("/var/lib/db", bottom.join("data")).unwrap();
+        std::os::unix::fs::symlink("../../../../../var/lib/db", bottom.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink(&outside, bottom.join("escape")).unwrap();
+        write(&top.join("var/lib/db/c"), "c");
+        std::fs::set_permissions(
+            top.join("var/lib/db"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let removed = whiteout(&top.join("var/lib/db/a"));
+        write(&top.join("var/lib/other/y"), "y");
+        set_opaque(&top.join("var/lib/other"));
+        let lowers = vec![top, bottom];
+
+        let copy = |path: &str| {
+            let target = tempfile::tempdir_in(dir.path()).unwrap();
+            let copied = flatten_subtree(&lowers, Path::new(path), target.path()).unwrap();
+            (copied, target)
+        };
+        let mut want = vec!["c", "sub"];
+        if !removed {
+            want.insert(0, "a"); // no whiteouts without CAP_MKNOD
+        }
+        for path in ["/var/lib/db", "/data", "/etc/up", "/var/../var/lib/./db/"] {
+            let (copied, target) = copy(path);
+            assert!(copied, "{path}");
+            assert_eq!(names(target.path()), want, "{path}");
+            assert_eq!(
+                std::fs::read_to_string(target.path().join("sub/b")).unwrap(),
+                "b"
+            );
+            let mode = std::fs::metadata(target.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o750, "{path}: the top layer's mode");
+        }
+        let (copied, target) = copy("/var/lib/other");
+        assert!(copied);
+        assert_eq!(
+            names(target.path()),
+            ["y"],
+            "an opaque directory hides the layers below"
+        );
+        for path in ["/escape", "/etc/file", "/nothing/here", "/data/a/deeper"] {
+            let (copied, target) = copy(path);
+            assert!(!copied, "{path}");
+            assert!(names(target.path()).is_empty(), "{path}");
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub use apply::{ApplyReport, apply};
 pub use archive::{docker_archive_tags, import_docker_archive, import_oci_archive};
 pub use digest::{Digest, DigestingReader};
 pub use error::{Error, Result};
-pub use flatten::flatten;
+pub use flatten::{flatten, flatten_subtree};
 pub use image::{
     BlobSource, DEFAULT_JOBS, ImportedImage, LayerInfo, NoProgress, Platform, Progress, import,
 };
