@@ -151,13 +151,19 @@ pub fn find(db: &mut Db, name: &str) -> Result<NetworkRow> {
         return Ok(n);
     }
     if name == DEFAULT_NETWORK {
-        return create(
+        let made = create(
             db,
             &NewNetwork {
                 name: DEFAULT_NETWORK.into(),
                 ..Default::default()
             },
         );
+        // Another rcrun may have made it first (the check above is not in its
+        // transaction): theirs is as good.
+        return match (made, network(db, name)?) {
+            (Ok(n), _) | (Err(_), Some(n)) => Ok(n),
+            (Err(e), None) => Err(e),
+        };
     }
     Err(anyhow!(
         "network {name:?} not found: create it with `rcrun network create {name}`, or list networks with `rcrun network ls`"
