@@ -40,7 +40,7 @@ pub struct PullArgs {
 }
 
 impl PullArgs {
-    fn options(&self) -> PullOptions {
+    pub(crate) fn options(&self) -> PullOptions {
         PullOptions {
             platform: self.platform.clone(),
             creds: self.creds.clone(),
@@ -115,6 +115,15 @@ pub struct RunArgs {
     /// Write a running container's address into /etc/hosts: CONTAINER[:ALIAS].
     #[arg(long)]
     link: Vec<String>,
+    /// Bind a service of the up-file (-f) under an alias: ALIAS=SERVICE.
+    #[arg(long)]
+    bind: Vec<String>,
+    /// The up-file that defines the services --bind names.
+    #[arg(short = 'f', long = "file", default_value = "rcrun.yaml")]
+    file: PathBuf,
+    /// How long a bound service stays up after its last client lets go.
+    #[arg(long, default_value = "10s", value_parser = crate::services_cli::parse_grace)]
+    grace: Duration,
     #[command(flatten)]
     pull: PullArgs,
     image: String,
@@ -331,6 +340,11 @@ pub enum Command {
     Volume(VolumeCommand),
     /// List a container's published ports.
     Port { container: String },
+    /// Run jobs of an up-file, with the services they bind.
+    Up(Box<crate::services_cli::UpArgs>),
+    /// Service containers: list, endpoints, logs, hold one up.
+    #[command(subcommand)]
+    Service(crate::services_cli::ServiceCommand),
     /// The per-user network infra process (started by rcrun itself).
     #[command(name = "__infra", hide = true)]
     Infra { dir: PathBuf },
@@ -762,6 +776,7 @@ pub fn run(command: Command) -> Result<i32> {
                 dns: args.dns,
                 dns_search,
                 links,
+                keep_fds: Vec::new(),
                 name: args.name,
                 detach: args.detach,
                 remove: args.rm,
@@ -771,7 +786,18 @@ pub fn run(command: Command) -> Result<i32> {
             if flags.detach && flags.request.tty {
                 bail!("-t with -d needs a console socket, which rcrun does not have yet; drop -t");
             }
-            open()?.run(&args.image, &flags)
+            let mut containers = open()?;
+            if args.bind.is_empty() {
+                return containers.run(&args.image, &flags);
+            }
+            crate::services_cli::run_bound(
+                containers,
+                &args.image,
+                flags,
+                &args.bind,
+                &args.file,
+                args.grace,
+            )
         }
         Command::Ps { all, quiet, format } => {
             print_containers(&open()?.list(all)?, format, quiet)?;
@@ -827,6 +853,8 @@ pub fn run(command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Infra { dir } => Ok(networks::infra_main(&dir)),
+        Command::Up(args) => crate::services_cli::up(open()?, *args),
+        Command::Service(command) => crate::services_cli::service(open()?, command),
         Command::Inspect { containers } => {
             let mut c = open()?;
             let mut all = Vec::new();

@@ -52,6 +52,9 @@ pub struct RunFlags {
     pub dns_search: Vec<String>,
     /// `--link CONTAINER[:ALIAS]`: (container, alias).
     pub links: Vec<(String, String)>,
+    /// Descriptors a detached container's monitor keeps open for its life (the
+    /// services it holds).
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// A container's /etc/hosts and /etc/resolv.conf.
@@ -101,13 +104,13 @@ pub enum HostTarget {
 
 /// A container's network while rcrun runs it: the connection to the infra owns
 /// it (closing every copy releases it), the namespace is what the container joins.
-struct ContainerNet {
-    infra: netns::Infra,
+pub(crate) struct ContainerNet {
+    pub(crate) infra: netns::Infra,
     netns: OwnedFd,
 }
 
 impl ContainerNet {
-    fn fds(&self) -> [RawFd; 2] {
+    pub(crate) fn fds(&self) -> [RawFd; 2] {
         [self.infra.as_fd().as_raw_fd(), self.netns.as_raw_fd()]
     }
 }
@@ -285,7 +288,7 @@ impl Containers {
 
     /// Creates the container's record, files and rootfs; returns its id and the
     /// overlay for the runtime to mount (none for a copied rootfs).
-    fn create(
+    pub(crate) fn create(
         &mut self,
         image: &ImageRow,
         image_name: &str,
@@ -672,21 +675,141 @@ impl Containers {
         }
     }
 
-    /// `rcrun run`: pulls if needed, creates, runs. Returns the exit code to use.
-    pub fn run(&mut self, image_name: &str, flags: &RunFlags) -> Result<i32> {
-        let image = match crate::progress::for_stderr() {
+    /// The image, pulled if missing (progress on stderr when it is a terminal).
+    pub fn find_or_pull(&mut self, image_name: &str, pull: &PullOptions) -> Result<ImageRow> {
+        match crate::progress::for_stderr() {
             Some(display) => {
-                let found = self.images.find_or_pull(image_name, &flags.pull, &display);
+                let found = self.images.find_or_pull(image_name, pull, &display);
                 display.finish();
-                found?
+                found
             }
             None => self
                 .images
-                .find_or_pull(image_name, &flags.pull, &crate::images::NoDisplay)?,
+                .find_or_pull(image_name, pull, &crate::images::NoDisplay),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.images.data_dir()
+    }
+
+    /// Closes the store's connection across a fork (SQLite's must not cross one).
+    pub(crate) fn suspend_db(&mut self) -> Result<()> {
+        self.db().suspend()
+    }
+
+    pub(crate) fn resume_db(&mut self) -> Result<()> {
+        self.db().resume()
+    }
+
+    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("ctr.log")
+    }
+
+    /// The container's address on its first network.
+    pub(crate) fn primary_address(&mut self, id: &str) -> Result<Option<IpAddr>> {
+        Ok(networks::attachments(self.db(), id)?
+            .first()
+            .and_then(|a| a.primary_address()))
+    }
+
+    /// Starts a created container whose caller stays as its monitor (a service's
+    /// supervisor); returns its process.
+    pub(crate) fn start_attached(
+        &mut self,
+        id: &str,
+        overlay: Option<RootfsOverlay>,
+    ) -> Result<Pid> {
+        // SAFETY: plain prctl; orphans of the container come here to be reaped.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        self.runtime.run(
+            id,
+            &self.dir(id),
+            &RunOptions {
+                detach: true,
+                overlay,
+                die_with_parent: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(Pid::from_raw(self.runtime.state(id)?.pid))
+    }
+
+    /// Runs `command` in the container; its exit code and output.
+    pub(crate) fn exec_captured(&mut self, id: &str, command: &[String]) -> Result<(i32, String)> {
+        let capture = self.dir(id).join("health.out");
+        let file = std::fs::File::create(&capture)
+            .with_context(|| format!("create {}", capture.display()))?;
+        let saved = [1, 2].map(|fd| {
+            // SAFETY: dup of an open standard descriptor.
+            unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) }
+        });
+        let _ = dup_onto(&file, 1).and_then(|()| dup_onto(&file, 2));
+        let code = self.runtime.exec(
+            id,
+            &ExecOptions {
+                args: command.to_vec(),
+                ..Default::default()
+            },
+        );
+        for (fd, to) in saved.into_iter().zip([1, 2]) {
+            if fd >= 0 {
+                // SAFETY: restores the saved descriptor and closes the copy.
+                unsafe {
+                    libc::dup2(fd, to);
+                    libc::close(fd);
+                }
+            }
+        }
+        let output = std::fs::read_to_string(&capture).unwrap_or_default();
+        let tail: Vec<&str> = output.lines().rev().take(5).collect();
+        let output = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        Ok((code?, output))
+    }
+
+    /// Stops a container this process monitors: its stop signal, SIGKILL after
+    /// `timeout`. The caller reaps it.
+    pub(crate) fn stop_process(&mut self, id: &str, pidfd: &OwnedFd, timeout: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let signal = self.stop_signal(id).unwrap_or(libc::SIGTERM);
+        let exited = |wait: Duration| {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(wait.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::NONE);
+            matches!(poll(&mut fds, ms), Ok(n) if n > 0)
         };
+        if self.runtime.kill(id, signal).is_ok() && exited(timeout) {
+            return;
+        }
+        let _ = self.runtime.kill(id, libc::SIGKILL);
+        exited(Duration::from_secs(10));
+    }
+
+    /// The image's StopSignal, if it has one.
+    fn stop_signal(&self, id: &str) -> Option<i32> {
+        let row = self.images.db_ref().container(id).ok()??;
+        let image = self.images.db_ref().image_by_id(&row.image).ok()??;
+        let config = self.images.config(&image).ok()?;
+        let signal = config.config().as_ref()?.stop_signal().clone()?;
+        runtime::parse_signal(&signal).ok()
+    }
+
+    /// Deletes a service's container after its process ended; frees its network.
+    pub(crate) fn finish_service(&mut self, id: &str, code: i32) -> Result<()> {
+        let _ = self.runtime.delete(id, true);
+        if self.db().container(id)?.is_some() {
+            self.finish(id, code, true)?;
+        }
+        Ok(())
+    }
+
+    /// `rcrun run`: pulls if needed, creates, runs. Returns the exit code to use.
+    pub fn run(&mut self, image_name: &str, flags: &RunFlags) -> Result<i32> {
+        let image = self.find_or_pull(image_name, &flags.pull)?;
         let (id, overlay, net) = self.create(&image, image_name, flags)?;
         if flags.detach {
-            self.start_detached(&id, overlay, flags.remove, net)?;
+            self.start_detached(&id, overlay, flags, net)?;
             println!("{id}");
             return Ok(0);
         }
@@ -731,9 +854,10 @@ impl Containers {
         &mut self,
         id: &str,
         overlay: Option<RootfsOverlay>,
-        remove: bool,
+        flags: &RunFlags,
         net: Option<ContainerNet>,
     ) -> Result<()> {
+        let remove = flags.remove;
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
         let log = self.dir(id).join("ctr.log");
@@ -746,7 +870,13 @@ impl Containers {
         match forked? {
             ForkResult::Child => {
                 drop(read_end);
-                let keep = net.as_ref().map(|n| n.fds()).unwrap_or([-1, -1]);
+                let keep: Vec<RawFd> = net
+                    .as_ref()
+                    .map(|n| n.fds().to_vec())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(flags.keep_fds.iter().copied())
+                    .collect();
                 let code = self.monitor(id, overlay, remove, &log, write_end, &keep);
                 drop(net);
                 std::process::exit(code);
@@ -813,52 +943,25 @@ impl Containers {
             drop((null, out));
             // Whatever the caller of `run -d` left open (a CI job's pipes) must not
             // stay open for the container's lifetime.
-            let mut keep: Vec<u32> = keep
+            let keep: Vec<RawFd> = keep
                 .iter()
                 .chain(std::iter::once(&report.as_raw_fd()))
-                .filter(|fd| **fd >= 3)
-                .map(|fd| *fd as u32)
+                .copied()
                 .collect();
-            keep.sort_unstable();
-            let mut from = 3u32;
-            for fd in keep {
-                if fd > from {
-                    // SAFETY: closes descriptors nothing in this process uses.
-                    unsafe { libc::close_range(from, fd - 1, 0) };
-                }
-                from = fd + 1;
-            }
-            // SAFETY: as above.
-            unsafe { libc::close_range(from, u32::MAX, 0) };
-            // SAFETY: plain prctl.
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            close_other_fds(&keep);
             Ok(())
         })();
-        let started = setup.and_then(|()| {
-            self.runtime
-                .run(
-                    id,
-                    &self.dir(id),
-                    &RunOptions {
-                        detach: true,
-                        overlay,
-                        die_with_parent: true,
-                        ..Default::default()
-                    },
-                )
-                .map_err(Into::into)
-        });
+        let started = setup.and_then(|()| self.start_attached(id, overlay));
         let mut report = std::fs::File::from(report);
-        if let Err(e) = started {
-            let _ = write!(report, "{}\n{e:#}", crate::exit_code_of(&e));
-            return 125;
-        }
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = write!(report, "{}\n{e:#}", crate::exit_code_of(&e));
+                return 125;
+            }
+        };
         let _ = report.write_all(b"ok");
         drop(report);
-        let pid = match self.runtime.state(id) {
-            Ok(s) => Pid::from_raw(s.pid),
-            Err(_) => return 125,
-        };
         let code = reap_until(pid);
         let _ = self.runtime.delete(id, true);
         let recorded = self.db().resume().and_then(|()| {
@@ -935,15 +1038,7 @@ impl Containers {
         if !self.view(row.clone()).running {
             return Ok(());
         }
-        let signal = self
-            .images
-            .db_ref()
-            .image_by_id(&row.image)?
-            .and_then(|image| self.images.config(&image).ok())
-            .and_then(|c| c.config().as_ref().and_then(|c| c.stop_signal().clone()))
-            .map(|s| runtime::parse_signal(&s))
-            .transpose()?
-            .unwrap_or(libc::SIGTERM);
+        let signal = self.stop_signal(&row.id).unwrap_or(libc::SIGTERM);
         if self.runtime.kill(&row.id, signal).is_ok() && self.runtime.wait(&row.id, timeout)? {
             return self.await_recorded(&row.id);
         }
@@ -1236,9 +1331,29 @@ fn redirect_stdin_to_null() -> Result<()> {
     dup_onto(&null, 0).context("redirect stdin to /dev/null")
 }
 
+/// Closes every descriptor from 3 up except those in `keep`.
+pub(crate) fn close_other_fds(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd >= 3)
+        .map(|fd| *fd as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: closes descriptors nothing in this process uses.
+            unsafe { libc::close_range(from, fd - 1, 0) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::close_range(from, u32::MAX, 0) };
+}
+
 /// Reaps children (a subreaper inherits orphans) until `pid` exits; its exit code,
 /// 128+N if a signal killed it.
-fn reap_until(pid: Pid) -> i32 {
+pub(crate) fn reap_until(pid: Pid) -> i32 {
     use nix::sys::wait::{WaitStatus, waitpid};
     loop {
         match waitpid(None, None) {

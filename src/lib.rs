@@ -6,7 +6,9 @@ pub mod db;
 pub mod images;
 pub mod networks;
 pub mod progress;
+pub mod services;
 pub mod spec;
+pub mod up;
 pub mod upfile;
 pub mod volumes;
 

@@ -2,6 +2,7 @@
 
 mod commands;
 mod oci;
+mod services_cli;
 
 use std::path::Path;
 use std::process::ExitCode;
