@@ -344,7 +344,10 @@ pub fn await_ready(pending: Vec<Pending>, interrupted: Option<RawFd>) -> Result<
                 .and_then(|f| f.revents())
                 .is_some_and(|r| !r.is_empty())
         {
-            bail!("interrupted while waiting for services");
+            return Err(anyhow::Error::new(crate::Failure {
+                code: 130,
+                message: "interrupted while waiting for services".into(),
+            }));
         }
         let readable: Vec<usize> = waiting
             .iter()
@@ -554,6 +557,13 @@ impl Supervisor {
     /// The supervisor's life: listen, report to the starter, wait for the previous
     /// run's end, create and start the container, then serve until the end.
     fn run(service: &Service, data_dir: &Path, dir: &Path, report: OwnedFd) -> i32 {
+        // A client such as `up` blocks SIGINT and SIGTERM for itself; the service
+        // (which inherits the mask) must get its stop signal.
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        );
         let mut report = std::fs::File::from(report);
         let socket = service.file(dir, "sock");
         let listener = match UnixListener::bind(&socket) {

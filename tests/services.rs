@@ -558,3 +558,33 @@ fn bad_up_files_and_bindings_are_rejected_with_file_and_line() {
     assert!(services(&env).is_empty());
     assert!(env.ps(true).is_empty(), "{:?}", env.ps(true));
 }
+
+#[test]
+fn a_service_is_stopped_with_its_stop_signal_before_its_stop_timeout() {
+    let env = env();
+    // `up` blocks SIGINT and SIGTERM for itself; the service must not inherit that.
+    let file = write_file(
+        &env,
+        "rcrun.yaml",
+        r#"
+services:
+  web:
+    image: busybox:1.35
+    ports: [8080]
+    stop_timeout: 120s
+    cache: { stops: /www }
+    entrypoint: ["sh", "-c", "trap 'echo stopped-by-term >> /www/stops; exit 0' TERM; httpd -p 8080 -h /www; sleep 600 & wait"]
+jobs:
+  quick:
+    image: busybox:1.35
+    bind: { w: web }
+    run: "true"
+"#,
+    );
+    let out = up(&env, &file, &["--grace", "0s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    await_no_services(&env, Duration::from_secs(30));
+    // Well before the 120 s stop timeout, and by the service's own handler.
+    await_no_containers(&env);
+    assert_eq!(volume_file(&env, "stops", "stops"), "stopped-by-term\n");
+}
