@@ -1085,6 +1085,37 @@ fn redirect_stdio_to(log: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn def() -> ServiceDef {
+        crate::upfile::parse(
+            Path::new("t.yaml"),
+            "services:\n  db:\n    image: x\n    env: { A: '1', B: '2' }\n    ports: [3306]\n",
+        )
+        .unwrap()
+        .services["db"]
+            .clone()
+    }
+
+    #[test]
+    fn the_key_is_the_definition_by_image_digest() {
+        let base = definition_key(&def(), "sha256:aaaa");
+        assert_eq!(base, definition_key(&def(), "sha256:aaaa"));
+        // Another image behind the same tag is another service.
+        assert_ne!(base, definition_key(&def(), "sha256:bbbb"));
+        let mut other = def();
+        other.instance = Some("2".into());
+        assert_ne!(base, definition_key(&other, "sha256:aaaa"));
+        let mut other = def();
+        other.env.insert("A".into(), "3".into());
+        assert_ne!(base, definition_key(&other, "sha256:aaaa"));
+        let mut other = def();
+        other.ports[0].port = 3307;
+        assert_ne!(base, definition_key(&other, "sha256:aaaa"));
+        // When a client may use it is not what it is.
+        let mut other = def();
+        other.health.timeout = Duration::from_secs(1);
+        assert_eq!(base, definition_key(&other, "sha256:aaaa"));
+    }
+
     #[test]
     fn hostnames_are_dns_labels_from_the_key() {
         let key = "00".repeat(32);

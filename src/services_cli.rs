@@ -188,15 +188,21 @@ pub fn service(mut containers: Containers, command: ServiceCommand) -> Result<i3
                     host: bound,
                     container: std::net::SocketAddr::new(address, p.container_port),
                 });
-                println!(
-                    "{bound} -> {}:{}/{}",
-                    h.info.hostname, p.container_port, p.protocol
-                );
             }
             if !forwards.is_empty() {
                 infra
-                    .publish(forwards, &sockets)
+                    .publish(forwards.clone(), &sockets)
                     .map_err(|e| anyhow!("publish the ports of service {service}: {e}"))?;
+            }
+            // Printed once they work, so that a script can use them at once.
+            for f in &forwards {
+                println!(
+                    "{} -> {}:{}/{}",
+                    f.host,
+                    h.info.hostname,
+                    f.container.port(),
+                    f.protocol
+                );
             }
             eprintln!("rcrun: holding service {service}; press Ctrl-C to let go");
             let code = up::hold_until_interrupted(held, &interrupts);

@@ -95,6 +95,21 @@ fn volume_file(env: &Env, volume: &str, file: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The body of `GET /index.html` from a server on the host's side.
+fn http_get(addr: std::net::SocketAddr) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .unwrap_or(response)
+}
+
 /// A busybox web server that records each start in its cache volume and only
 /// listens after `delay` seconds.
 fn web_service(delay: u32, extra: &str) -> String {
@@ -105,7 +120,7 @@ fn web_service(delay: u32, extra: &str) -> String {
     ports: [8080]
     stop_timeout: 1s
     cache: {{ web-data: /www }}
-    entrypoint: ["sh", "-c", "echo started >> /www/starts; echo hello > /www/index.html; sleep {delay}; exec httpd -f -p 8080 -h /www"]
+    entrypoint: ["sh", "-c", "echo started >> /www/starts; echo hello > /www/index.html; echo web-up-marker; sleep {delay}; exec httpd -f -p 8080 -h /www"]
 {extra}"#
     )
 }
@@ -284,19 +299,33 @@ fn hostnames_are_the_same_across_runs_and_data_dirs_and_resolve() {
                 file.to_str().unwrap(),
                 "--grace",
                 "0s",
+                "-p",
+                "127.0.0.1::8080",
                 "web",
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        assert!(
-            wait_until(Duration::from_secs(30), || services(&env)
-                .first()
-                .is_some_and(|s| s["state"] == "ready")),
-            "the service never got ready"
-        );
+        // `service up` prints the published ports once the service is healthy.
+        let mut published = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+            &mut published,
+        )
+        .unwrap();
+        let host_port: std::net::SocketAddr = published
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(published.contains(":8080/tcp"), "{published}");
+        assert_eq!(services(&env)[0]["state"], "ready");
+        assert_eq!(http_get(host_port), "hello");
+        let logs = env.ok(&["service", "logs", "web"]);
+        assert!(logs.contains("web-up-marker"), "{logs}");
         let endpoint = env.ok(&["service", "endpoint", "web"]).trim().to_string();
         let (host, port) = endpoint.split_once(':').unwrap();
         assert_eq!(port, "8080");
@@ -358,6 +387,10 @@ fn hostnames_are_the_same_across_runs_and_data_dirs_and_resolve() {
             .read_to_string(&mut err)
             .unwrap();
         await_no_services(&env, Duration::from_secs(30));
+        assert!(
+            std::net::TcpStream::connect(host_port).is_err(),
+            "{host_port} is still published"
+        );
     }
     assert_eq!(hostnames[0], hostnames[1]);
 }
@@ -587,4 +620,57 @@ jobs:
     // Well before the 120 s stop timeout, and by the service's own handler.
     await_no_containers(&env);
     assert_eq!(volume_file(&env, "stops", "stops"), "stopped-by-term\n");
+}
+
+#[test]
+fn several_jobs_share_the_services_and_the_first_failure_is_the_exit_code() {
+    let env = env();
+    let file = write_file(
+        &env,
+        "rcrun.yaml",
+        &format!(
+            "services:{}\njobs:\n  ok:\n    image: busybox:1.35\n    bind: {{ w: web }}\n    run: wget -q -O- http://w:8080/index.html\n  bad:\n    image: busybox:1.35\n    bind: {{ site: web }}\n    run: wget -q -O- http://site:8080/index.html; exit 3\n",
+            web_service(0, "")
+        ),
+    );
+    let out = up(&env, &file, &["--grace", "0s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l == "ok | hello"), "{text}");
+    assert!(text.lines().any(|l| l == "bad | hello"), "{text}");
+    assert_eq!(volume_file(&env, "web-data", "starts"), "started\n");
+    // A failed job shows the services' last lines.
+    assert!(stderr(&out).contains("web-up-marker"), "{}", stderr(&out));
+    await_no_services(&env, Duration::from_secs(30));
+    await_no_containers(&env);
+}
+
+#[test]
+fn a_client_killed_outright_lets_go_of_its_services() {
+    let env = env();
+    let file = write_file(
+        &env,
+        "rcrun.yaml",
+        &format!(
+            "services:{}\njobs:\n  long:\n    image: busybox:1.35\n    bind: {{ w: web }}\n    run: exec sleep 600\n",
+            web_service(0, "")
+        ),
+    );
+    let mut child = env
+        .cmd(&["up", "-f", file.to_str().unwrap(), "--grace", "0s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || env.ps(false).len() == 2),
+        "{:?}",
+        env.ps(true)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // No goodbye: the kernel closed its connection; the job went with its runner.
+    await_no_services(&env, Duration::from_secs(30));
+    await_no_containers(&env);
 }
