@@ -674,3 +674,53 @@ fn a_client_killed_outright_lets_go_of_its_services() {
     await_no_services(&env, Duration::from_secs(30));
     await_no_containers(&env);
 }
+
+#[test]
+fn up_keep_holds_the_services_after_the_jobs_until_interrupted() {
+    let env = env();
+    let file = write_file(
+        &env,
+        "rcrun.yaml",
+        &format!(
+            "services:{}\njobs:\n  quick:\n    image: busybox:1.35\n    bind: {{ w: web }}\n    run: exit 4\n",
+            web_service(0, "")
+        ),
+    );
+    let mut child = env
+        .cmd(&[
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--grace",
+            "0s",
+            "--keep",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the job is over `up` says it keeps the services.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("press Ctrl-C") {
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut said).unwrap() > 0,
+            "{said}"
+        );
+    }
+    assert!(said.contains("keeping service web at"), "{said}");
+    assert!(env.ps(true).len() == 1, "{:?}", env.ps(true));
+    let listed = services(&env);
+    assert_eq!(listed[0]["state"], "ready");
+    assert_eq!(listed[0]["clients"].as_array().unwrap().len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    // The job's exit code, not the interrupt's.
+    assert_eq!(child.wait().unwrap().code(), Some(4), "{said}");
+    await_no_services(&env, Duration::from_secs(30));
+    await_no_containers(&env);
+}
