@@ -1331,6 +1331,17 @@ fn redirect_stdin_to_null() -> Result<()> {
     dup_onto(&null, 0).context("redirect stdin to /dev/null")
 }
 
+/// A pidfd for `pid`: readable once the process has exited.
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("open process {pid}"));
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
 /// Closes every descriptor from 3 up except those in `keep`.
 pub(crate) fn close_other_fds(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -199,11 +199,13 @@ pub enum Event {
     Lost,
 }
 
-impl Held {
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+impl AsFd for Held {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
     }
+}
 
+impl Held {
     /// Reads what the supervisor said, once its connection is readable.
     pub fn event(&mut self) -> Event {
         let mut line = String::new();
@@ -319,18 +321,20 @@ pub fn request(
 /// Waits until every service is healthy; the first failure ends the wait (and
 /// lets go of the others). `interrupted` is polled too: when it becomes readable
 /// the wait ends with an error.
-pub fn await_ready(pending: Vec<Pending>, interrupted: Option<RawFd>) -> Result<Vec<Held>> {
+pub fn await_ready(
+    pending: Vec<Pending>,
+    interrupted: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Vec<Held>> {
     let mut readers: Vec<(Pending, Vec<u8>)> =
         pending.into_iter().map(|p| (p, Vec::new())).collect();
     let mut ready: Vec<Option<Info>> = vec![None; readers.len()];
     while ready.iter().any(Option::is_none) {
         let waiting: Vec<usize> = (0..readers.len()).filter(|i| ready[*i].is_none()).collect();
-        let interrupt_fd = interrupted.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
         let mut fds: Vec<PollFd> = waiting
             .iter()
             .map(|i| PollFd::new(readers[*i].0.stream.as_fd(), PollFlags::POLLIN))
             .collect();
-        if let Some(fd) = &interrupt_fd {
+        if let Some(fd) = &interrupted {
             fds.push(PollFd::new(*fd, PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::NONE) {
@@ -338,7 +342,7 @@ pub fn await_ready(pending: Vec<Pending>, interrupted: Option<RawFd>) -> Result<
             Err(e) => return Err(e).context("wait for services"),
             Ok(_) => {}
         }
-        if interrupt_fd.is_some()
+        if interrupted.is_some()
             && fds
                 .last()
                 .and_then(|f| f.revents())
@@ -622,13 +626,7 @@ impl Supervisor {
             let log = containers.log_path(&id);
             redirect_stdio_to(&log)?;
             let pid = containers.start_attached(&id, overlay)?;
-            // SAFETY: plain syscall; the fd is new.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("open the service's process");
-            }
-            // SAFETY: the kernel just gave us this fd.
-            Ok((pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+            Ok((pid, crate::containers::pidfd_open(pid)?))
         })();
         let (pid, pidfd) = match started {
             Ok(s) => s,

@@ -1,5 +1,6 @@
 //! `rcrun up` and `rcrun service …`: service containers and CI jobs from an up-file.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -252,7 +253,7 @@ pub fn run_bound(
     let held = up::hold_services(&mut containers, &resolved, &binds, &client, grace, None)?;
     flags.add_hosts.extend(up::binding_hosts(&binds, &held)?);
     // A detached container's monitor holds the services instead of us.
-    flags.keep_fds = held.iter().map(|h| h.as_raw_fd()).collect();
+    flags.keep_fds = held.iter().map(|h| h.as_fd().as_raw_fd()).collect();
     let code = containers.run(image, &flags);
     drop(held);
     code

@@ -3,7 +3,7 @@
 //! any job starts, and let go of when the jobs end.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,12 @@ pub struct Interrupts {
     original: SigSet,
 }
 
+impl AsFd for Interrupts {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Interrupts {
     pub fn block() -> Result<Self> {
         let mut set = SigSet::empty();
@@ -49,10 +55,6 @@ impl Interrupts {
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("create a signalfd")?;
         Ok(Interrupts { fd, original })
-    }
-
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 
     /// The signal that arrived, if one did.
@@ -160,7 +162,7 @@ pub fn hold_services(
         );
         pending.push(p);
     }
-    let held = services::await_ready(pending, interrupts.map(Interrupts::as_raw_fd))?;
+    let held = services::await_ready(pending, interrupts.map(AsFd::as_fd))?;
     for h in &held {
         eprintln!(
             "rcrun: service {} is ready at {} ({}){}",
@@ -368,7 +370,7 @@ fn start_job(
             interrupts.restore_in_child();
             for h in held {
                 // SAFETY: the runner must not hold the services: `up` does.
-                unsafe { libc::close(h.as_raw_fd()) };
+                unsafe { libc::close(h.as_fd().as_raw_fd()) };
             }
             if let Some((read_end, write_end)) = pipe {
                 drop(read_end);
@@ -385,21 +387,13 @@ fn start_job(
                 });
             std::process::exit(code)
         }
-        ForkResult::Parent { child } => {
-            // SAFETY: plain syscall; the fd is new.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("open the job's runner");
-            }
-            Ok(Running {
-                name: name.to_string(),
-                pid: child,
-                // SAFETY: the kernel just gave us this fd.
-                pidfd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
-                output: pipe.map(|(r, _)| (std::fs::File::from(r), Vec::new())),
-                code: None,
-            })
-        }
+        ForkResult::Parent { child } => Ok(Running {
+            name: name.to_string(),
+            pid: child,
+            pidfd: crate::containers::pidfd_open(child)?,
+            output: pipe.map(|(r, _)| (std::fs::File::from(r), Vec::new())),
+            code: None,
+        }),
     }
 }
 
@@ -439,11 +433,7 @@ fn watch(
         }
         for (i, h) in held.iter().enumerate() {
             if !lost[i] {
-                // SAFETY: the stream lives as long as `held`.
-                fds.push(PollFd::new(
-                    unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) },
-                    PollFlags::POLLIN,
-                ));
+                fds.push(PollFd::new(h.as_fd(), PollFlags::POLLIN));
                 slots.push(Slot::Service(i));
             }
         }
