@@ -387,8 +387,12 @@ fn hostnames_are_the_same_across_runs_and_data_dirs_and_resolve() {
             .read_to_string(&mut err)
             .unwrap();
         await_no_services(&env, Duration::from_secs(30));
+        // The infra drops the port when it sees `service up`'s connection close.
         assert!(
-            std::net::TcpStream::connect(host_port).is_err(),
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+                host_port
+            )
+            .is_err()),
             "{host_port} is still published"
         );
     }
