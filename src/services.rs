@@ -933,7 +933,7 @@ impl Supervisor {
         } else {
             // Ports: back off from a few ms up to the interval.
             let wait = *pause;
-            *pause = (*pause * 2).min(interval.min(Duration::from_millis(200)));
+            *pause = (*pause * 2).min(interval.min(Duration::from_millis(50)));
             now + wait
         };
         if now >= *deadline {
