@@ -693,13 +693,16 @@ impl Containers {
         self.images.data_dir()
     }
 
-    /// Closes the store's connection across a fork (SQLite's must not cross one).
-    pub(crate) fn suspend_db(&mut self) -> Result<()> {
-        self.db().suspend()
-    }
-
-    pub(crate) fn resume_db(&mut self) -> Result<()> {
-        self.db().resume()
+    /// Forks with the store's connection closed (SQLite's must not cross a fork);
+    /// the parent gets it back, the child opens its own when it needs one.
+    pub(crate) fn fork(&mut self, what: &str) -> Result<ForkResult> {
+        self.db().suspend()?;
+        // SAFETY: rcrun is single-threaded here (the runtime checks it again).
+        let forked = unsafe { nix::unistd::fork() }.with_context(|| format!("fork {what}"));
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            self.db().resume()?;
+        }
+        forked
     }
 
     pub(crate) fn log_path(&self, id: &str) -> PathBuf {
@@ -861,13 +864,7 @@ impl Containers {
         let (read_end, write_end) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
         let log = self.dir(id).join("ctr.log");
-        self.db().suspend()?;
-        // SAFETY: rcrun is single-threaded here (the runtime checks it again).
-        let forked = unsafe { nix::unistd::fork() }.context("fork the container's monitor");
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            self.db().resume()?;
-        }
-        match forked? {
+        match self.fork("the container's monitor")? {
             ForkResult::Child => {
                 drop(read_end);
                 let keep: Vec<RawFd> = net
@@ -923,24 +920,8 @@ impl Containers {
                 bail!("the monitor's report pipe is a standard descriptor");
             }
             nix::unistd::setsid().context("setsid")?;
-            let out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .with_context(|| format!("open {}", log.display()))?;
-            let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
-            for (from, to) in [
-                (null.as_raw_fd(), 0),
-                (out.as_raw_fd(), 1),
-                (out.as_raw_fd(), 2),
-            ] {
-                // SAFETY: both are open descriptors.
-                if unsafe { libc::dup2(from, to) } < 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .context("redirect the monitor's stdio");
-                }
-            }
-            drop((null, out));
+            redirect_stdin_to_null()?;
+            redirect_output_to(log)?;
             // Whatever the caller of `run -d` left open (a CI job's pipes) must not
             // stay open for the container's lifetime.
             let keep: Vec<RawFd> = keep
@@ -1326,9 +1307,21 @@ fn dup_onto(from: &std::fs::File, to: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn redirect_stdin_to_null() -> Result<()> {
+pub(crate) fn redirect_stdin_to_null() -> Result<()> {
     let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
     dup_onto(&null, 0).context("redirect stdin to /dev/null")
+}
+
+/// Points stdout and stderr at the end of `path` (a log, or /dev/null).
+pub(crate) fn redirect_output_to(path: &Path) -> Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    dup_onto(&out, 1)
+        .and_then(|()| dup_onto(&out, 2))
+        .with_context(|| format!("redirect output to {}", path.display()))
 }
 
 /// A pidfd for `pid`: readable once the process has exited.

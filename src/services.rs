@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -468,13 +468,7 @@ fn start_supervisor(containers: &mut Containers, service: &Service, dir: &Path) 
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create a pipe")?;
     let data_dir = containers.data_dir().to_path_buf();
-    containers.suspend_db()?;
-    // SAFETY: rcrun is single-threaded here; the child only forks again or exits.
-    let forked = unsafe { nix::unistd::fork() }.context("fork the service's supervisor");
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        containers.resume_db()?;
-    }
-    match forked? {
+    match containers.fork("the service's supervisor")? {
         ForkResult::Child => {
             drop(read_end);
             let _ = nix::unistd::setsid();
@@ -579,29 +573,29 @@ impl Supervisor {
         };
         let _ = report.write_all(b"ok");
         drop(report);
-        let _run = match lock_file(&service.file(dir, "run")) {
-            Ok(l) => l,
+        let started = (|| -> Result<_> {
+            let run = lock_file(&service.file(dir, "run"))?;
+            // No descriptor of the client that forked us; output nowhere until
+            // the container's log exists.
+            crate::containers::redirect_stdin_to_null()?;
+            crate::containers::redirect_output_to(Path::new("/dev/null"))?;
+            crate::containers::close_other_fds(&[listener.as_raw_fd(), run.as_raw_fd()]);
+            let supervisor = Supervisor::start(service, data_dir, dir, listener.try_clone()?)?;
+            Ok((run, supervisor))
+        })();
+        match started {
+            Ok((_run, mut supervisor)) => {
+                // The supervisor's copy is the only one: closing it stops the listening.
+                drop(listener);
+                let end = supervisor.serve();
+                supervisor.finish(end)
+            }
             Err(e) => {
                 fail_backlog(&listener, &format!("{e:#}"));
                 let _ = std::fs::remove_file(&socket);
-                return 125;
+                125
             }
-        };
-        if let Err(e) = detach_stdio(&[listener.as_raw_fd(), _run.as_raw_fd()]) {
-            fail_backlog(&listener, &format!("{e:#}"));
-            let _ = std::fs::remove_file(&socket);
-            return 125;
         }
-        let mut supervisor = match Supervisor::start(service, data_dir, dir, listener) {
-            Ok(s) => s,
-            Err((listener, e)) => {
-                fail_backlog(&listener, &format!("{e:#}"));
-                let _ = std::fs::remove_file(&socket);
-                return 125;
-            }
-        };
-        let end = supervisor.serve();
-        supervisor.finish(end)
     }
 
     fn start(
@@ -609,30 +603,19 @@ impl Supervisor {
         data_dir: &Path,
         dir: &Path,
         listener: UnixListener,
-    ) -> std::result::Result<Self, (UnixListener, anyhow::Error)> {
-        let made = (|| -> Result<_> {
-            let mut containers = Containers::open(data_dir)?;
-            let flags = run_flags(service);
-            let (id, overlay, net) =
-                containers.create(&service.image, &service.image_name, &flags)?;
-            let net = net.ok_or_else(|| anyhow!("the service has no network"))?;
-            Ok((containers, id, overlay, net))
-        })();
-        let (mut containers, id, overlay, net) = match made {
-            Ok(m) => m,
-            Err(e) => return Err((listener, e)),
-        };
-        let started = (|| -> Result<(Pid, OwnedFd)> {
-            let log = containers.log_path(&id);
-            redirect_stdio_to(&log)?;
-            let pid = containers.start_attached(&id, overlay)?;
-            Ok((pid, crate::containers::pidfd_open(pid)?))
-        })();
+    ) -> Result<Self> {
+        let mut containers = Containers::open(data_dir)?;
+        let flags = run_flags(service);
+        let (id, overlay, net) = containers.create(&service.image, &service.image_name, &flags)?;
+        let net = net.ok_or_else(|| anyhow!("the service has no network"))?;
+        let started = crate::containers::redirect_output_to(&containers.log_path(&id))
+            .and_then(|()| containers.start_attached(&id, overlay))
+            .and_then(|pid| Ok((pid, crate::containers::pidfd_open(pid)?)));
         let (pid, pidfd) = match started {
             Ok(s) => s,
             Err(e) => {
                 let _ = containers.finish_service(&id, 125);
-                return Err((listener, e));
+                return Err(e);
             }
         };
         let address = containers.primary_address(&id).ok().flatten();
@@ -1042,41 +1025,6 @@ fn fail_backlog(listener: &UnixListener, message: &str) {
     while let Ok((mut stream, _)) = listener.accept() {
         let _ = send(&mut stream, &FromSupervisor::Failed(message.to_string()));
     }
-}
-
-/// The supervisor's own session: stdin and output on /dev/null until the
-/// container's log exists, and no descriptor of the client that forked it.
-fn detach_stdio(keep: &[RawFd]) -> Result<()> {
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .context("open /dev/null")?;
-    for to in 0..3 {
-        // SAFETY: both are open descriptors.
-        if unsafe { libc::dup2(null.as_raw_fd(), to) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("redirect stdio");
-        }
-    }
-    drop(null);
-    crate::containers::close_other_fds(keep);
-    Ok(())
-}
-
-fn redirect_stdio_to(log: &Path) -> Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
-    for to in [1, 2] {
-        // SAFETY: both are open descriptors.
-        if unsafe { libc::dup2(out.as_raw_fd(), to) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("redirect stdio to the log");
-        }
-    }
-    drop(out);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -357,13 +357,7 @@ fn start_job(
         None
     };
     let data_dir = containers.data_dir().to_path_buf();
-    containers.suspend_db()?;
-    // SAFETY: rcrun is single-threaded; the child runs the job and exits.
-    let forked = unsafe { nix::unistd::fork() }.context("fork the job's runner");
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        containers.resume_db()?;
-    }
-    match forked? {
+    match containers.fork("the job's runner")? {
         ForkResult::Child => {
             // SAFETY: plain prctl: the runner (and so its container) goes with `up`.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
