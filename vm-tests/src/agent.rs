@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vm_tests::report::{
-    DEBUG_EXIT_PORT, Event, GUEST_FAILED, GUEST_PASSED, GUEST_REPORT_TTY, Verdict,
+    DEBUG_EXIT_PORT, Event, GUEST_FAILED, GUEST_PASSED, GUEST_REPORT_TTY, Verdict, last_lines,
 };
 
 /// The test user (uid = gid), with subordinate ranges in /etc/subuid and /etc/subgid.
@@ -88,24 +88,19 @@ fn run() -> u8 {
                 .collect()
         })
         .unwrap_or_default();
-    scripts.retain(|n| n.ends_with(".sh") && n != "lib.sh");
+    scripts.retain(|n| n.ends_with(".sh") && n != vm_tests::scenarios::LIBRARY);
     scripts.sort();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut results = Vec::new();
     for script in scripts {
         let event = agent.run_scenario(&script);
-        if let Event::Scenario { result, .. } = &event {
-            match result {
-                Verdict::Pass => passed += 1,
-                Verdict::Skip => skipped += 1,
-                Verdict::Fail | Verdict::Timeout => failed += 1,
-            }
-        }
         agent.emit(&event);
+        results.push(event);
     }
+    let (passed, failed, skipped) = vm_tests::outcome::tally(&results);
     agent.emit(&Event::Done {
-        passed,
-        failed,
-        skipped,
+        passed: passed as u32,
+        failed: failed as u32,
+        skipped: skipped as u32,
     });
     unsafe { libc::sync() };
     if failed > 0 {
@@ -248,7 +243,7 @@ impl Agent {
                     "registry",
                     format!(
                         "not listening on {REGISTRY_ADDR} after 90 s: {}",
-                        tail(&log, 5).join(" | ")
+                        last_lines(&log, 5).join(" | ")
                     ),
                 );
             }
@@ -260,7 +255,9 @@ impl Agent {
     fn run_scenario(&mut self, script: &str) -> Event {
         let name = script.trim_end_matches(".sh").to_string();
         let path = format!("{SCENARIOS}/{script}");
-        let timeout_s = header_timeout(&path);
+        // the host checked the header; a script it cannot read fails below
+        let timeout_s = vm_tests::scenarios::parse(&name, Path::new(&path))
+            .map_or(vm_tests::scenarios::DEFAULT_TIMEOUT_S, |s| s.timeout_s);
         self.emit(&Event::Start {
             scenario: name.clone(),
             timeout_s,
@@ -274,7 +271,7 @@ impl Agent {
         let millis = started.elapsed().as_millis() as u64;
         self.clean_up_after_scenario();
         let log = fs::read(format!("{LOGS}/{name}.log")).unwrap_or_default();
-        let mut output = tail(&String::from_utf8_lossy(&log), OUTPUT_TAIL_LINES);
+        let mut output = last_lines(&String::from_utf8_lossy(&log), OUTPUT_TAIL_LINES);
         if let Some(e) = setup_error {
             output.push(format!("vm-agent: could not run the scenario: {e}"));
         }
@@ -380,13 +377,9 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
-                let status = loop {
-                    if let Some(status) = reap_orphans(Some(pid)) {
-                        break status;
-                    }
+                while reap_orphans(Some(pid)).is_none() {
                     std::thread::sleep(Duration::from_millis(10));
-                };
-                let _ = status;
+                }
                 return Ok((None, true));
             }
             std::thread::sleep(pause);
@@ -480,29 +473,6 @@ fn console_line(event: &Event) -> String {
             skipped,
         } => format!("vm-agent: done: {passed} passed, {failed} failed, {skipped} skipped\n"),
     }
-}
-
-fn header_timeout(path: &str) -> u64 {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
-        .find_map(|l| {
-            l.trim_start_matches('#')
-                .trim()
-                .strip_prefix("timeout:")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(vm_tests::scenarios::DEFAULT_TIMEOUT_S)
-}
-
-fn tail(text: &str, lines: usize) -> Vec<String> {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }
 
 fn mount_basics() -> Vec<(String, String)> {

@@ -301,9 +301,5 @@ impl EventReader {
 /// The last `lines` lines of a log file, without carriage returns.
 pub fn tail_of(path: &Path, lines: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).replace('\r', "");
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
+    crate::report::last_lines(&text, lines)
 }

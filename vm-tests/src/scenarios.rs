@@ -61,7 +61,8 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<Scenario>> {
     Ok(found)
 }
 
-fn parse(name: &str, script: &Path) -> Result<Scenario> {
+/// A scenario from its script's header (the guest agent reads time limits this way too).
+pub fn parse(name: &str, script: &Path) -> Result<Scenario> {
     let text =
         std::fs::read_to_string(script).with_context(|| format!("read {}", script.display()))?;
     let mut scenario = Scenario {
