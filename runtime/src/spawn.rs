@@ -228,9 +228,22 @@ fn intermediate(
     {
         return failure("create the container's namespaces", e);
     }
+    // The container's process shares the channel with this one: it must not report
+    // (Ready, Failed) before InitPid is sent, or rcrun would read them out of order. It
+    // waits for EOF on this pipe, which comes when this process exits after InitPid.
+    let (gate_read, gate_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pipe) => pipe,
+        Err(e) => return failure("make the setup gate", e),
+    };
     match sys::clone3(libc::CLONE_PARENT as u64) {
         Err(e) => failure("fork the container's process", e),
-        Ok(None) => run_child(channel, || body(channel)),
+        Ok(None) => {
+            drop(gate_write);
+            let mut byte = [0u8; 1];
+            while let Err(Errno::EINTR) = nix::unistd::read(&gate_read, &mut byte) {}
+            drop(gate_read);
+            run_child(channel, || body(channel))
+        }
         Ok(Some(pid)) => {
             if let Err(e) = channel.send(&ToParent::InitPid(pid.as_raw()), None) {
                 return failure("report the container's pid", e);
