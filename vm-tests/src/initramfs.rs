@@ -213,28 +213,51 @@ fn add_dynamic<W: Write>(cpio: &mut Archive<W>, guest: &str, mode: u32, host: &P
 
 /// A module file, decompressed if need be: the guest loads plain `.ko` files.
 fn read_module(file: &Path) -> Result<Vec<u8>> {
-    let name = file.to_string_lossy();
-    let tool: &[&str] = if name.ends_with(".xz") {
-        &["xz", "-dc"]
-    } else if name.ends_with(".zst") {
-        &["zstd", "-qdc"]
-    } else if name.ends_with(".gz") {
-        &["gzip", "-dc"]
-    } else {
-        return std::fs::read(file).with_context(|| format!("read {}", file.display()));
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let Some(tool) = crate::kernel::decompressor(&bytes) else {
+        return Ok(bytes);
     };
-    let out = Command::new(tool[0])
-        .args(&tool[1..])
-        .arg(file)
-        .output()
-        .with_context(|| format!("run {} (install it to read compressed modules)", tool[0]))?;
-    if !out.status.success() {
-        bail!(
-            "{} {}: {}",
-            tool[0],
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    crate::kernel::decompress(tool, &bytes)
+        .filter(|ko| ko.starts_with(b"\x7fELF"))
+        .with_context(|| {
+            format!(
+                "decompress {} with {} (is it installed?)",
+                file.display(),
+                tool[0]
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_decompressed_by_their_magic_and_must_give_an_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let ko = dir.path().join("m.ko");
+        std::fs::write(&ko, b"\x7fELF fake module").unwrap();
+        assert_eq!(read_module(&ko).unwrap(), b"\x7fELF fake module");
+
+        for tool in ["xz", "zstd", "gzip"] {
+            let status = Command::new(tool).arg("-kq").arg(&ko).status().unwrap();
+            assert!(status.success(), "{tool}");
+        }
+        for packed in ["m.ko.xz", "m.ko.zst", "m.ko.gz"] {
+            assert_eq!(
+                read_module(&dir.path().join(packed)).unwrap(),
+                b"\x7fELF fake module",
+                "{packed}"
+            );
+        }
+
+        // compressed, but not a module inside: an error naming the file
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, b"not an ELF").unwrap();
+        Command::new("gzip").arg("-k").arg(&text).status().unwrap();
+        let err = read_module(&dir.path().join("notes.txt.gz"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notes.txt.gz"), "{err}");
     }
-    Ok(out.stdout)
 }

@@ -29,17 +29,24 @@ pub fn package_for(name: &str) -> &str {
     }
 }
 
+/// Checks a `--kernel` argument that names a file before anything is built or fetched.
+pub fn check_arg(arg: &str) -> Result<()> {
+    let path = Path::new(arg);
+    if (arg.ends_with(".deb") || arg.contains('/')) && !path.is_file() {
+        bail!(
+            "--kernel {arg}: no such file; give a linux-image-*.deb, a vmlinuz, or an apt package name (cloud, generic, linux-image-…)"
+        );
+    }
+    Ok(())
+}
+
 /// Prepares the kernel named by `arg`: a path to a `.deb` or a vmlinuz, or an apt package
 /// name (`cloud` and `generic` for Debian's metapackages). `cache` keeps downloads and
 /// unpacked packages between runs.
 pub fn prepare(arg: &str, modules_dir: Option<&Path>, cache: &Path) -> Result<Kernel> {
     let path = Path::new(arg);
+    check_arg(arg)?;
     let kernel = if arg.ends_with(".deb") {
-        if !path.is_file() {
-            bail!(
-                "--kernel {arg}: no such file; give a linux-image-*.deb, a vmlinuz, or an apt package name"
-            );
-        }
         unpack_deb(path, cache)?
     } else if arg.contains('/') || path.is_file() {
         from_vmlinuz(path, modules_dir)?
@@ -47,11 +54,13 @@ pub fn prepare(arg: &str, modules_dir: Option<&Path>, cache: &Path) -> Result<Ke
         let deb = fetch_package(package_for(arg), cache, 0)?;
         unpack_deb(&deb, cache)?
     };
-    let boot_image = pvh_image(&kernel.vmlinuz, cache)?.unwrap_or_else(|| kernel.vmlinuz.clone());
-    Ok(Kernel {
-        boot_image,
-        ..kernel
-    })
+    match pvh_image(&kernel.vmlinuz, cache)? {
+        Some(boot_image) => Ok(Kernel {
+            boot_image,
+            ..kernel
+        }),
+        None => Ok(kernel),
+    }
 }
 
 fn from_vmlinuz(path: &Path, modules_dir: Option<&Path>) -> Result<Kernel> {
@@ -188,7 +197,7 @@ fn unpack_deb(deb: &Path, cache: &Path) -> Result<Kernel> {
     let modules = root.join("lib/modules").join(&release);
     Ok(Kernel {
         vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
-        boot_image: PathBuf::new(),
+        boot_image: root.join("boot").join(format!("vmlinuz-{release}")),
         modules_dir: modules.join("modules.dep").is_file().then_some(modules),
         release,
     })
@@ -234,19 +243,10 @@ fn pvh_image(vmlinuz: &Path, cache: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     std::fs::create_dir_all(out.parent().unwrap())?;
-    let decompressor: &[&str] = match payload {
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => &["xz", "-dc"],
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-qdc"],
-        [0x1f, 0x8b, ..] => &["gzip", "-dc"],
-        [0x5d, 0, 0, ..] => &["xz", "--format=lzma", "-dc"],
-        [b'B', b'Z', b'h', ..] => &["bzip2", "-dc"],
-        [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
-        [0x7f, b'E', b'L', b'F', ..] => &["cat"],
-        _ => &[],
-    };
-    let elf = match decompressor.split_first() {
-        Some((tool, args)) => decompress(tool, args, payload),
-        None => None,
+    let elf = if payload.starts_with(b"\x7fELF") {
+        Some(payload.to_vec())
+    } else {
+        decompressor(payload).and_then(|tool| decompress(tool, payload))
     };
     match elf.filter(|elf| has_pvh_note(elf)) {
         Some(elf) => {
@@ -282,7 +282,24 @@ fn bzimage_payload(image: &[u8]) -> Option<&[u8]> {
     image.get(start + offset..start + offset + length)
 }
 
-fn decompress(tool: &str, args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
+/// The command that decompresses `data`, told by its magic bytes.
+pub(crate) fn decompressor(data: &[u8]) -> Option<&'static [&'static str]> {
+    match data {
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some(&["xz", "-dc"]),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some(&["zstd", "-qdc"]),
+        [0x1f, 0x8b, ..] => Some(&["gzip", "-dc"]),
+        [0x5d, 0, 0, ..] => Some(&["xz", "--format=lzma", "-dc"]),
+        [b'B', b'Z', b'h', ..] => Some(&["bzip2", "-dc"]),
+        [0x02, 0x21, 0x4c, 0x18, ..] => Some(&["lz4", "-dc"]),
+        _ => None,
+    }
+}
+
+/// What `command` makes of `input` on stdin; its exit status is not judged (a kernel's
+/// payload may end with a size field the tool calls trailing garbage): callers check
+/// the result.
+pub(crate) fn decompress(command: &[&str], input: &[u8]) -> Option<Vec<u8>> {
+    let (tool, args) = command.split_first()?;
     use std::io::Write;
     let mut child = Command::new(tool)
         .args(args)
@@ -293,8 +310,6 @@ fn decompress(tool: &str, args: &[&str], input: &[u8]) -> Option<Vec<u8>> {
         .ok()?;
     let mut stdin = child.stdin.take()?;
     let input = input.to_vec();
-    // the payload may end with a size field the tool calls trailing garbage: its exit
-    // status says nothing, the ELF check below does
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let output = child.wait_with_output().ok()?;
     let _ = writer.join();

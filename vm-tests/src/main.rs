@@ -112,6 +112,14 @@ fn run(cli: &Cli) -> Result<u8> {
             );
         }
     }
+    let kernels = if cli.kernels.is_empty() {
+        vec!["cloud".to_string()]
+    } else {
+        cli.kernels.clone()
+    };
+    for kernel in &kernels {
+        kernel::check_arg(kernel)?;
+    }
     if cli.list {
         for s in &selected {
             println!("{}\t{} s\t{}", s.name, s.timeout_s, s.script.display());
@@ -136,11 +144,6 @@ fn run(cli: &Cli) -> Result<u8> {
         registry: needs_registry.then_some(("busybox", "busybox", "1.35")),
     };
 
-    let kernels = if cli.kernels.is_empty() {
-        vec!["cloud".to_string()]
-    } else {
-        cli.kernels.clone()
-    };
     let mut worst = 0;
     let mut accel: Option<AccelChoice> = None;
     for name in &kernels {

@@ -184,8 +184,9 @@ fn visit(
     order: &mut Vec<Module>,
 ) {
     if let Some(&at) = placed.get(name) {
-        // needed for real by something after all: no longer optional
-        if !optional {
+        // needed for real by something after all: no longer optional (usize::MAX: still
+        // being resolved, as in a soft-dependency loop)
+        if !optional && at != usize::MAX {
             order[at].optional = false;
         }
         return;
