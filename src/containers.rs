@@ -1253,6 +1253,7 @@ impl Containers {
                 tty: opts.tty,
                 detach: opts.detach,
                 pid_file: None,
+                ..Default::default()
             },
         )?)
     }

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The runc-compatible low-level interface over OCI bundles (also available as `rcrun-oci`).
-    Oci(oci::OciCli),
+    Oci(Box<oci::OciCli>),
     #[command(flatten)]
     Docker(commands::Command),
 }
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         return oci::main(parse_or_exit::<oci::OciCli>());
     }
     match parse_or_exit::<Cli>().command {
-        Command::Oci(cli) => oci::main(cli),
+        Command::Oci(cli) => oci::main(*cli),
         Command::Docker(command) => match commands::run(command) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {

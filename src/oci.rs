@@ -6,15 +6,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use runtime::{CreateOptions, ExecOptions, RunOptions, Runtime, State};
+use runtime::{CreateOptions, ExecOptions, RunOptions, Runtime, StartOptions, State};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "rcrun-oci",
-    version,
-    about = "runc-compatible OCI runtime interface of rcrun"
+    about = "runc-compatible OCI runtime interface of rcrun",
+    disable_version_flag = true
 )]
 pub struct OciCli {
+    /// Print the version, as runc does (the runtime-spec version on the second line).
+    #[arg(long, short = 'v', global = true)]
+    version: bool,
     /// Directory for container state (default: /run/rcrun/oci for root,
     /// $XDG_RUNTIME_DIR/rcrun/oci or /tmp/rcrun-$UID/oci otherwise).
     #[arg(long, global = true)]
@@ -27,8 +30,22 @@ pub struct OciCli {
     /// Accepted for runc compatibility; rcrun has no extra debug output yet.
     #[arg(long, global = true)]
     debug: bool,
+    /// Take linux.cgroupsPath as systemd's "slice:prefix:name"; with no systemd
+    /// running, rcrun creates the same path with cgroupfs.
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility (auto, true, false): rcrun tells for itself.
+    #[arg(
+        long = "rootless",
+        id = "global_rootless",
+        value_name = "auto|true|false"
+    )]
+    rootless: Option<String>,
+    /// Accepted for runc compatibility; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    criu: Option<String>,
     #[command(subcommand)]
-    command: OciCommand,
+    command: Option<OciCommand>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -58,6 +75,8 @@ enum OciCommand {
     Create {
         #[command(flatten)]
         bundle: BundleArgs,
+        #[command(flatten)]
+        start: StartArgs,
         id: String,
     },
     /// Start a created container.
@@ -80,12 +99,19 @@ enum OciCommand {
     Run {
         #[command(flatten)]
         bundle: BundleArgs,
+        #[command(flatten)]
+        start: StartArgs,
         #[arg(long, short)]
         detach: bool,
+        /// Keep the container after its process exits (foreground only).
+        #[arg(long)]
+        keep: bool,
         id: String,
     },
     /// Run a process in a running container.
     Exec(ExecArgs),
+    /// Print the features rcrun supports, as JSON (runtime-spec features.md).
+    Features,
     /// List containers.
     List {
         #[arg(long, short, value_enum, default_value_t = ListFormat::Table)]
@@ -107,7 +133,74 @@ struct BundleArgs {
 }
 
 #[derive(Args, Debug)]
+struct StartArgs {
+    /// A unix socket that receives the pty master when process.terminal is true.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Use MS_MOVE and chroot instead of pivot_root (for a rootfs on ramfs).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Keep the caller's session keyring instead of giving the container its own.
+    #[arg(long)]
+    no_new_keyring: bool,
+    /// Pass this many fds from 3 up on to the container's process.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+}
+
+impl StartArgs {
+    fn options(&self) -> Result<StartOptions> {
+        check_preserved_fds(self.preserve_fds)?;
+        Ok(StartOptions {
+            console_socket: self.console_socket.clone(),
+            no_pivot: self.no_pivot,
+            no_new_keyring: self.no_new_keyring,
+            preserve_fds: self.preserve_fds,
+        })
+    }
+}
+
+/// Every fd to pass on must be open now; otherwise rcrun's own fds could take a
+/// free number in the range and reach the container.
+fn check_preserved_fds(count: u32) -> Result<()> {
+    for fd in 3..3 + count as i32 {
+        // SAFETY: F_GETFD only reads the flags of an fd number.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            bail!(
+                "--preserve-fds {count}: fd {fd} is not open; pass exactly the fds from 3 up that rcrun inherits"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 struct ExecArgs {
+    /// A JSON file with the whole process (runtime-spec `process`); ARGS and the
+    /// --env/--cwd/--user/--tty options then do not apply.
+    #[arg(long, short)]
+    process: Option<PathBuf>,
+    /// Add a capability (e.g. CAP_NET_ADMIN) to the process.
+    #[arg(long = "cap", short = 'c')]
+    caps: Vec<String>,
+    /// Additional group ids.
+    #[arg(long = "additional-gids", short = 'g')]
+    additional_gids: Vec<u32>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    /// A unix socket that receives the pty master when the process has a terminal.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Pass this many fds from 3 up on to the process.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    /// Accepted for runc compatibility; SELinux labels are not supported.
+    #[arg(long, hide = true)]
+    process_label: Option<String>,
+    /// Accepted for runc compatibility; AppArmor is not supported.
+    #[arg(long, hide = true)]
+    apparmor: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to copy rcrun's value).
     #[arg(long, short)]
     env: Vec<String>,
@@ -127,9 +220,21 @@ struct ExecArgs {
     #[arg(long)]
     pid_file: Option<PathBuf>,
     id: String,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    /// The command and its arguments (unless --process is given).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// Reads runc's `exec --process` file.
+fn read_process(path: &Path) -> Result<oci_spec::runtime::Process> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("--process {}: cannot read it", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--process {}: not a runtime-spec process: {e}; give a JSON object like config.json's \"process\"",
+            path.display()
+        )
+    })
 }
 
 fn parse_user(text: &str) -> Result<(u32, Option<u32>)> {
@@ -202,12 +307,20 @@ fn print_list(states: &[State], format: ListFormat, quiet: bool) -> Result<()> {
 
 /// Runs one command; `Ok(code)` is the exit code to return.
 fn dispatch(cli: &OciCli) -> Result<i32> {
+    let Some(command) = &cli.command else {
+        if cli.version {
+            print!("{}", version_text());
+            return Ok(0);
+        }
+        bail!("no command given; see `rcrun-oci --help`");
+    };
     let rt = Runtime::new(cli.root.clone().unwrap_or_else(Runtime::default_root));
-    match &cli.command {
+    match command {
         OciCommand::Spec { rootless, bundle } => write_spec(bundle, *rootless).map(|()| 0),
-        OciCommand::Create { bundle, id } => {
+        OciCommand::Create { bundle, start, id } => {
             let opts = CreateOptions {
                 pid_file: bundle.pid_file.clone(),
+                start: start.options()?,
                 ..Default::default()
             };
             rt.create(id, &bundle.bundle, &opts)?;
@@ -225,15 +338,36 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
             Ok(0)
         }
         OciCommand::Delete { force, id } => rt.delete(id, *force).map(|()| 0).map_err(Into::into),
-        OciCommand::Run { bundle, detach, id } => {
+        OciCommand::Run {
+            bundle,
+            start,
+            detach,
+            keep,
+            id,
+        } => {
+            if *keep && *detach {
+                bail!(
+                    "--keep applies to a container run in the foreground; drop --detach or --keep"
+                );
+            }
             let opts = RunOptions {
                 detach: *detach,
+                keep: *keep,
                 pid_file: bundle.pid_file.clone(),
+                start: start.options()?,
                 ..Default::default()
             };
             Ok(rt.run(id, &bundle.bundle, &opts)?)
         }
         OciCommand::Exec(args) => {
+            check_preserved_fds(args.preserve_fds)?;
+            let process = args.process.as_deref().map(read_process).transpose()?;
+            if process.is_none() && args.command.is_empty() {
+                bail!("exec needs a command (ARGS) or --process FILE");
+            }
+            if process.is_some() && !args.command.is_empty() {
+                bail!("exec takes either --process FILE or a command, not both");
+            }
             let opts = ExecOptions {
                 args: args.command.clone(),
                 env: args.env.clone(),
@@ -242,8 +376,18 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
                 tty: args.tty,
                 detach: args.detach,
                 pid_file: args.pid_file.clone(),
+                process,
+                add_caps: args.caps.clone(),
+                additional_gids: args.additional_gids.clone(),
+                no_new_privileges: args.no_new_privs,
+                console_socket: args.console_socket.clone(),
+                preserve_fds: args.preserve_fds,
             };
             Ok(rt.exec(&args.id, &opts)?)
+        }
+        OciCommand::Features => {
+            println!("{}", serde_json::to_string_pretty(&runtime::features())?);
+            Ok(0)
         }
         OciCommand::List { format, quiet } => {
             print_list(&rt.list()?, *format, *quiet)?;
@@ -252,29 +396,55 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
     }
 }
 
-/// Appends the error to `--log` in the requested format.
-fn log_error(cli: &OciCli, message: &str) {
-    let Some(path) = &cli.log else { return };
-    let line = match cli.log_format {
-        LogFormat::Json => serde_json::json!({"level": "error", "msg": message}).to_string(),
-        LogFormat::Text => format!("level=error msg={message:?}"),
+fn version_text() -> String {
+    format!(
+        "rcrun-oci version {}\nspec: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        runtime::SPEC_VERSION
+    )
+}
+
+static LOG: std::sync::OnceLock<(PathBuf, LogFormat)> = std::sync::OnceLock::new();
+
+/// Appends one line to `--log` in the requested format, as runc writes it.
+fn log_line(level: &str, message: &str) -> bool {
+    let Some((path, format)) = LOG.get() else {
+        return false;
     };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
+    let time = runtime::now_rfc3339();
+    let line = match format {
+        LogFormat::Json => {
+            serde_json::json!({"level": level, "msg": message, "time": time}).to_string()
+        }
+        LogFormat::Text => format!("time={time:?} level={level} msg={message:?}"),
+    };
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-    {
-        let _ = writeln!(f, "{line}");
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .is_ok()
+}
+
+/// Runtime warnings go to `--log` when there is one: under conmon and containerd,
+/// create's stderr is the container's own output stream.
+fn warn(message: &str) {
+    if !log_line("warning", message) {
+        eprintln!("rcrun: warning: {message}");
     }
 }
 
 pub fn main(cli: OciCli) -> ExitCode {
+    if let Some(path) = &cli.log {
+        let _ = LOG.set((path.clone(), cli.log_format));
+    }
+    runtime::set_warning_sink(warn);
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let code = rcrun::exit_code_of(&e).clamp(0, 255) as u8;
             let message = format!("{e:#}");
-            log_error(&cli, &message);
+            log_line("error", &message);
             eprintln!("rcrun: {message}");
             ExitCode::from(code)
         }

@@ -261,14 +261,7 @@ fn create_start_state_kill_delete_lifecycle() {
 #[test]
 fn delete_force_kills_a_running_container() {
     let b = Bundle::busybox(&["sleep", "30"]);
-    let out = b.oci(&[
-        "run",
-        "--detach",
-        "--bundle",
-        b.path().to_str().unwrap(),
-        "bg",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    b.start_detached("bg");
     let pid = serde_json::from_slice::<serde_json::Value>(&b.oci(&["state", "bg"]).stdout).unwrap()
         ["pid"]
         .as_i64()
@@ -286,8 +279,7 @@ fn delete_force_kills_a_running_container() {
 fn exec_joins_a_running_container() {
     let b = Bundle::busybox(&["sleep", "30"]);
     b.edit(|c| c["hostname"] = json!("exechost"));
-    let out = b.oci(&["run", "-d", "--bundle", b.path().to_str().unwrap(), "ex"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    b.start_detached("ex");
     let out = b.oci(&[
         "exec",
         "ex",

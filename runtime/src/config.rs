@@ -56,6 +56,8 @@ pub(crate) struct ContainerConfig {
     pub process: ProcessPlan,
     /// What rcrun will not do for this spec, to tell the user.
     pub warnings: Vec<String>,
+    /// Join a fresh session keyring (not with runc's `--no-new-keyring`).
+    pub new_session_keyring: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -341,6 +343,7 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         terminal: p.terminal().unwrap_or(false),
         runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
         die_with_parent: false,
+        preserve_fds: 0,
     })
 }
 
@@ -527,7 +530,8 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         mounts,
         populate_dev,
         devices: device_plans(&spec, 0, 0)?,
-        bind_devices: in_userns,
+        bind_devices: in_userns || !sys::host_root(),
+        no_pivot: false,
         masked: linux
             .masked_paths()
             .iter()
@@ -564,5 +568,6 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         hostname,
         process,
         warnings,
+        new_session_keyring: true,
     })
 }

@@ -33,11 +33,27 @@ pub struct Runtime {
     root: PathBuf,
 }
 
+/// What runc's `create` and `run` options change about starting a container.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// A unix socket that receives the pty master (SCM_RIGHTS) when the process
+    /// has a terminal, as with runc's `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// Make the rootfs `/` with MS_MOVE and chroot instead of pivot_root (for a
+    /// rootfs on ramfs, where pivot_root is refused).
+    pub no_pivot: bool,
+    /// Keep the caller's session keyring instead of joining a fresh one.
+    pub no_new_keyring: bool,
+    /// Pass fds 3..3+N of the caller on to the container's process.
+    pub preserve_fds: u32,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Mount this overlay on the bundle's root.path, inside the container.
     pub overlay: Option<RootfsOverlay>,
+    pub start: StartOptions,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -49,6 +65,9 @@ pub struct RunOptions {
     /// The container is killed when the calling process dies (its monitor), so
     /// no container outlives what would record its exit and free its network.
     pub die_with_parent: bool,
+    /// In the foreground: keep the stopped container instead of deleting it.
+    pub keep: bool,
+    pub start: StartOptions,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -61,6 +80,15 @@ pub struct ExecOptions {
     pub tty: bool,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
+    /// A whole process (runc's `exec --process FILE`): replaces the container's
+    /// process; `args`, `env`, `cwd`, `user` and `tty` then do not apply.
+    pub process: Option<oci_spec::runtime::Process>,
+    /// Capabilities added to the process's bounding, effective and permitted sets.
+    pub add_caps: Vec<String>,
+    pub additional_gids: Vec<u32>,
+    pub no_new_privileges: bool,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: u32,
 }
 
 /// How a created container's process learns that it may exec.
@@ -155,6 +183,14 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         sys::set_dumpable(false)
             .map_err(|e| setup_failure("make the setup process non-dumpable", e))?;
         nix::unistd::setsid().map_err(|e| setup_failure("setsid", e))?;
+        if cfg.new_session_keyring {
+            sys::join_new_session_keyring().map_err(|e| {
+                setup_failure(
+                    "join a new session keyring (runc's --no-new-keyring skips it)",
+                    e,
+                )
+            })?;
+        }
         if let Some(h) = &cfg.hostname {
             mounts::set_hostname(h)?;
         }
@@ -231,7 +267,7 @@ impl Runtime {
     /// `/run/rcrun/oci` for root; `$XDG_RUNTIME_DIR/rcrun/oci` or `/tmp/rcrun-UID/oci`
     /// for everyone else.
     pub fn default_root() -> PathBuf {
-        if Uid::effective().is_root() {
+        if sys::host_root() {
             return PathBuf::from("/run/rcrun/oci");
         }
         // su and sudo often keep another user's XDG_RUNTIME_DIR: use only our own.
@@ -355,19 +391,19 @@ impl Runtime {
 
     /// Sets the container up and leaves its process waiting for `start`.
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<()> {
-        let cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
-        if cfg.process.terminal {
-            return Err(Error::InvalidConfig(
-                "process.terminal is true, which needs a console socket for create; use `run` in the foreground or set terminal to false".into(),
-            ));
-        }
-        let (_, _, rollback) = self.launch(
+        let mut cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
+        apply_start_options(&mut cfg, &opts.start);
+        let console = console_socket(cfg.process.terminal, true, &opts.start.console_socket)?;
+        let (_, pty, rollback) = self.launch(
             id,
             &cfg,
             exec_fifo,
             &BlockedSignals::current(),
             opts.pid_file.as_deref(),
         )?;
+        if let (Some(console), Some(pty)) = (console, pty) {
+            tty::send_console(&console, pty)?;
+        }
         rollback.disarm();
         Ok(())
     }
@@ -435,23 +471,31 @@ impl Runtime {
     pub fn run(&self, id: &str, bundle: &Path, opts: &RunOptions) -> Result<i32> {
         let mut cfg = load_and_warn(bundle, opts.overlay.as_ref())?;
         cfg.process.die_with_parent = opts.die_with_parent;
-        if cfg.process.terminal && opts.detach {
-            return Err(Error::InvalidConfig(
-                "process.terminal is true, which needs a console socket with --detach; run in the foreground or set terminal to false".into(),
-            ));
-        }
+        apply_start_options(&mut cfg, &opts.start);
+        let console = console_socket(
+            cfg.process.terminal,
+            opts.detach,
+            &opts.start.console_socket,
+        )?;
         let signals = if opts.detach {
             BlockedSignals::current()
         } else {
             BlockedSignals::block()?
         };
-        let (spawned, pty, rollback) = self.launch(
+        let (spawned, mut pty, rollback) = self.launch(
             id,
             &cfg,
             |_| Ok(Gate::Message),
             &signals,
             opts.pid_file.as_deref(),
         )?;
+        if let Some(console) = &console
+            && let Some(master) = pty.take()
+            && let Err(e) = tty::send_console(console, master)
+        {
+            kill_and_reap(spawned.pid);
+            return Err(e);
+        }
         let started = spawned
             .channel
             .send(&ToChild::Start, None)
@@ -465,8 +509,13 @@ impl Runtime {
             rollback.disarm();
             return Ok(0);
         }
-        // The container is running: the rollback now deletes it once it exits.
-        monitor::wait(spawned.pid, pty, &signals)
+        // The container is running: the rollback now deletes it once it exits,
+        // unless it is to be kept.
+        let code = monitor::wait(spawned.pid, pty, &signals);
+        if opts.keep {
+            rollback.disarm();
+        }
+        code
     }
 
     pub fn state(&self, id: &str) -> Result<State> {
@@ -538,7 +587,7 @@ impl Runtime {
             // Left behind by a create that crashed before writing its state.
             Err(Error::NotFound(_)) => None,
             Err(e) if force => {
-                eprintln!("warning: {e}");
+                crate::warn::warn(&e.to_string());
                 None
             }
             Err(e) => return Err(e),
@@ -589,15 +638,11 @@ impl Runtime {
                 hint: "exec needs a running container",
             });
         }
-        if opts.args.is_empty() {
+        if opts.process.is_none() && opts.args.is_empty() {
             return Err(Error::InvalidConfig("exec needs a command to run".into()));
         }
-        if opts.tty && opts.detach {
-            return Err(Error::InvalidConfig(
-                "--tty with --detach needs a console socket; drop one of them".into(),
-            ));
-        }
         let plan = exec_plan(&rec, opts)?;
+        let console = console_socket(plan.terminal, opts.detach, &opts.console_socket)?;
         let ns = join_plan(&rec)?;
         let signals = if opts.detach {
             BlockedSignals::current()
@@ -608,7 +653,14 @@ impl Runtime {
         let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, |ch| {
             exec_body(&plan, &mask, ch)
         })?;
-        let pty = await_ready(&spawned)?;
+        let mut pty = await_ready(&spawned)?;
+        if let Some(console) = &console
+            && let Some(master) = pty.take()
+            && let Err(e) = tty::send_console(console, master)
+        {
+            kill_and_reap(spawned.pid);
+            return Err(e);
+        }
         await_exec(&spawned)?;
         write_pid_file(opts.pid_file.as_deref(), spawned.pid)?;
         if opts.detach {
@@ -635,7 +687,7 @@ fn exec_fifo(dir: &Path) -> Result<Gate> {
 fn load_and_warn(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<ContainerConfig> {
     let cfg = config::load(bundle, overlay)?;
     for w in &cfg.warnings {
-        eprintln!("rcrun: warning: {w}");
+        crate::warn::warn(w);
     }
     Ok(cfg)
 }
@@ -727,10 +779,35 @@ fn join_plan(rec: &Record) -> Result<NamespacePlan> {
 
 fn exec_plan(rec: &Record, opts: &ExecOptions) -> Result<ProcessPlan> {
     let mut spec = rec.spec.clone();
-    let mut proc_ = spec
-        .process()
-        .clone()
-        .ok_or_else(|| Error::InvalidConfig("the container has no process section".into()))?;
+    let mut proc_ = match &opts.process {
+        Some(p) => p.clone(),
+        None => {
+            let mut p = spec.process().clone().ok_or_else(|| {
+                Error::InvalidConfig("the container has no process section".into())
+            })?;
+            override_process(&mut p, opts);
+            p
+        }
+    };
+    if !opts.add_caps.is_empty() {
+        add_capabilities(&mut proc_, &opts.add_caps)?;
+    }
+    if !opts.additional_gids.is_empty() {
+        let mut gids = proc_.user().additional_gids().clone().unwrap_or_default();
+        gids.extend(&opts.additional_gids);
+        proc_.user_mut().set_additional_gids(Some(gids));
+    }
+    if opts.no_new_privileges {
+        proc_.set_no_new_privileges(Some(true));
+    }
+    spec.set_process(Some(proc_));
+    let mut plan = config::process_plan(&spec)?;
+    plan.preserve_fds = opts.preserve_fds;
+    Ok(plan)
+}
+
+/// `exec ARGS` with --env/--cwd/--user/--tty on top of the container's process.
+fn override_process(proc_: &mut oci_spec::runtime::Process, opts: &ExecOptions) {
     proc_.set_args(Some(opts.args.clone()));
     let mut env = proc_.env().clone().unwrap_or_default();
     for extra in &opts.env {
@@ -758,6 +835,77 @@ fn exec_plan(rec: &Record, opts: &ExecOptions) -> Result<ProcessPlan> {
         proc_.user_mut().set_additional_gids(None);
     }
     proc_.set_terminal(Some(opts.tty));
-    spec.set_process(Some(proc_));
-    config::process_plan(&spec)
+}
+
+/// runc's `exec --cap`: the capability joins the bounding, effective and permitted sets.
+fn add_capabilities(proc_: &mut oci_spec::runtime::Process, names: &[String]) -> Result<()> {
+    use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder};
+    let mut added = Vec::new();
+    for name in names {
+        let full = if name.to_ascii_uppercase().starts_with("CAP_") {
+            name.to_ascii_uppercase()
+        } else {
+            format!("CAP_{}", name.to_ascii_uppercase())
+        };
+        let cap: Capability = serde_json::from_value(serde_json::Value::String(full.clone()))
+            .map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "--cap {name}: unknown capability; use a name like CAP_NET_ADMIN"
+                ))
+            })?;
+        added.push(cap);
+    }
+    let current = proc_.capabilities().clone().unwrap_or_default();
+    let with = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let mut set = set.clone().unwrap_or_default();
+        set.extend(added.iter().copied());
+        set
+    };
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(with(current.bounding()))
+        .effective(with(current.effective()))
+        .permitted(with(current.permitted()))
+        .inheritable(current.inheritable().clone().unwrap_or_default())
+        .ambient(current.ambient().clone().unwrap_or_default())
+        .build()
+        .map_err(|e| Error::InvalidConfig(format!("--cap: {e}")))?;
+    proc_.set_capabilities(Some(caps));
+    Ok(())
+}
+
+/// Applies runc's create/run options to a loaded bundle.
+fn apply_start_options(cfg: &mut ContainerConfig, opts: &StartOptions) {
+    cfg.rootfs.no_pivot = opts.no_pivot;
+    cfg.new_session_keyring = !opts.no_new_keyring;
+    cfg.process.preserve_fds = opts.preserve_fds;
+}
+
+/// Checks runc's rules for `--console-socket` and connects to it before anything
+/// is created, so a missing socket leaves nothing behind.
+fn console_socket(
+    terminal: bool,
+    detached: bool,
+    socket: &Option<PathBuf>,
+) -> Result<Option<std::os::unix::net::UnixStream>> {
+    match (terminal, socket) {
+        (true, None) if detached => Err(Error::InvalidConfig(
+            "process.terminal is true, so a detached container needs --console-socket to receive its terminal; pass one, or set terminal to false".into(),
+        )),
+        (false, Some(path)) => Err(Error::InvalidConfig(format!(
+            "--console-socket {} was given, but process.terminal is false; drop the option or set terminal to true",
+            path.display()
+        ))),
+        (true, Some(path)) => std::os::unix::net::UnixStream::connect(path)
+            .map(Some)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "connect to the console socket {} (it must be a listening unix socket)",
+                        path.display()
+                    ),
+                    e,
+                )
+            }),
+        _ => Ok(None),
+    }
 }

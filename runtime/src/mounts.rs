@@ -67,6 +67,8 @@ pub(crate) struct RootfsPlan {
     pub devices: Vec<DevicePlan>,
     /// mknod is not allowed in a user namespace: bind the host's nodes instead.
     pub bind_devices: bool,
+    /// Move the rootfs onto `/` and chroot, instead of pivot_root (`--no-pivot`).
+    pub no_pivot: bool,
     pub masked: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub readonly_root: bool,
@@ -477,8 +479,14 @@ fn populate_dev(root: &OwnedFd, plan: &RootfsPlan) -> Result<(), SetupFailure> {
     Ok(())
 }
 
-fn pivot(rootfs: &Path) -> Result<(), SetupFailure> {
+fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), SetupFailure> {
     nix::unistd::chdir(rootfs).map_err(|e| failure("chdir into the rootfs", e))?;
+    if no_pivot {
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| failure("move the rootfs onto /", e))?;
+        nix::unistd::chroot(".").map_err(|e| failure("chroot into the rootfs", e))?;
+        return nix::unistd::chdir("/").map_err(|e| failure("chdir /", e));
+    }
     // Stack the old root on the new one and detach it: no put_old directory needed.
     nix::unistd::pivot_root(".", ".").map_err(|e| failure("pivot_root", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| failure("detach the old root", e))?;
@@ -544,7 +552,7 @@ pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
         populate_dev(&root, plan)?;
     }
     drop(root);
-    pivot(&plan.rootfs)?;
+    pivot(&plan.rootfs, plan.no_pivot)?;
     if plan.cwd != Path::new("/") {
         // Like docker's WORKDIR, a missing working directory is created.
         let _ = std::fs::create_dir_all(&plan.cwd);

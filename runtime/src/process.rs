@@ -46,6 +46,8 @@ pub(crate) struct ProcessPlan {
     pub runtime_exe: Option<(u64, u64)>,
     /// SIGKILL the process when rcrun (its parent) dies.
     pub die_with_parent: bool,
+    /// rcrun's fds 3..3+N stay open in the process (`--preserve-fds`).
+    pub preserve_fds: u32,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -373,8 +375,14 @@ pub(crate) fn exec(plan: &ProcessPlan, exe: &CString, original_mask: &SigSet) ->
             return failure("tie the container's life to rcrun's", e);
         }
     }
-    if let Err(e) = sys::cloexec_from(3) {
+    if let Err(e) = sys::cloexec_from(3 + plan.preserve_fds) {
         return failure("mark inherited file descriptors close-on-exec", e);
+    }
+    if let Err(e) = sys::keep_fds_open(plan.preserve_fds) {
+        return failure(
+            format!("keep {} preserved file descriptors open", plan.preserve_fds),
+            e,
+        );
     }
     reset_signals(original_mask);
     let err = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
@@ -411,6 +419,7 @@ mod tests {
             terminal: false,
             runtime_exe: None,
             die_with_parent: false,
+            preserve_fds: 0,
         }
     }
 

@@ -201,3 +201,44 @@ pub(crate) fn fs_context_messages(fs: &OwnedFd) -> Vec<String> {
     }
     out
 }
+
+/// Whether this process is root in the initial user namespace. Root inside a user
+/// namespace (podman's rootless `unshare`, for one) is treated like an ordinary
+/// user: it cannot mknod, and /run is not its own.
+pub(crate) fn host_root() -> bool {
+    static HOST_ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOST_ROOT.get_or_init(|| {
+        nix::unistd::Uid::effective().is_root()
+            && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+                let fields: Vec<&str> = m.split_whitespace().collect();
+                fields == ["0", "0", "4294967295"]
+            })
+    })
+}
+
+/// Clears close-on-exec on `count` fds from 3 up: runc's `--preserve-fds`.
+pub(crate) fn keep_fds_open(count: u32) -> nix::Result<()> {
+    for fd in 3..3 + count as RawFd {
+        // SAFETY: F_SETFD on an fd number; EBADF if it is not open.
+        Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    }
+    Ok(())
+}
+
+/// Gives the process a fresh anonymous session keyring, so the container shares
+/// none of the caller's keys. ENOSYS (no keyrings in this kernel) is not an error.
+pub(crate) fn join_new_session_keyring() -> nix::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NULL name makes an anonymous keyring.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    match Errno::result(ret) {
+        Ok(_) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -113,3 +113,42 @@ pub(crate) fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
         }
     }
 }
+
+/// Hands the pty master to a `--console-socket` listener as runc does: one message
+/// whose data is the terminal's name and whose SCM_RIGHTS carries the master. Our
+/// copy is closed afterwards, so the listener holds the only one.
+pub(crate) fn send_console(
+    socket: &std::os::unix::net::UnixStream,
+    master: OwnedFd,
+) -> crate::error::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let name = ptsname_of(&master).unwrap_or_else(|| "/dev/console".into());
+    let iov = [std::io::IoSlice::new(name.as_bytes())];
+    let fds = [master.as_raw_fd()];
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(crate::error::Error::sys(
+                    "send the terminal to the console socket",
+                    e,
+                ));
+            }
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// `/dev/pts/N` of a pty master (TIOCGPTN works from any mount namespace).
+fn ptsname_of(master: &OwnedFd) -> Option<String> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int.
+    let ret = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+    (ret == 0).then(|| format!("/dev/pts/{n}"))
+}

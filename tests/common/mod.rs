@@ -156,6 +156,22 @@ impl Bundle {
         output_via_files(self.cmd(args))
     }
 
+    /// `run --detach` of this bundle; panics unless it started.
+    pub fn start_detached(&self, id: &str) {
+        let out = self.oci(&[
+            "run",
+            "--detach",
+            "--bundle",
+            self.path().to_str().unwrap(),
+            id,
+        ]);
+        assert!(
+            out.status.success(),
+            "run --detach {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Foreground `run` of this bundle.
     pub fn run(&self, id: &str) -> Output {
         self.oci(&["run", "--bundle", self.path().to_str().unwrap(), id])

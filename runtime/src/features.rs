@@ -1,0 +1,67 @@
+//! runtime-spec features.md: what this build of rcrun can do, for `rcrun oci
+//! features` (containerd and podman read it to decide what to ask for).
+
+use serde_json::{Value, json};
+
+/// The newest runtime-spec version rcrun implements.
+pub const SPEC_VERSION: &str = "1.2.0";
+
+/// Mount options rcrun understands in `mounts[].options` (besides filesystem data).
+const MOUNT_OPTIONS: &[&str] = &[
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "loud",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "rbind",
+    "relatime",
+    "remount",
+    "ro",
+    "rprivate",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "silent",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
+    "unbindable",
+];
+
+pub fn features() -> Value {
+    let capabilities: Vec<String> = (0..=u8::MAX).map_while(crate::caps::name).collect();
+    json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": SPEC_VERSION,
+        "hooks": [],
+        "mountOptions": MOUNT_OPTIONS,
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
+            "capabilities": capabilities,
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false},
+        },
+        "annotations": {
+            "io.github.rcrun.version": env!("CARGO_PKG_VERSION"),
+        },
+    })
+}
