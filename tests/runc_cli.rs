@@ -374,6 +374,16 @@ fn containers_get_their_own_session_keyring_unless_told_not_to() {
 }
 
 #[test]
+fn delete_force_of_a_missing_container_succeeds_as_with_runc() {
+    let b = Bundle::busybox(&["true"]);
+    let out = b.oci(&["delete", "--force", "ghost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = b.oci(&["delete", "ghost"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
+}
+
+#[test]
 fn features_and_version_describe_rcrun() {
     let b = Bundle::busybox(&["true"]);
     let out = b.oci(&["features"]);

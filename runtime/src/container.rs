@@ -420,6 +420,16 @@ impl Runtime {
                 hint: "only a created container can be started",
             });
         }
+        // Before the fifo releases the process: a short-lived one may have run and
+        // been reaped by the time we looked for it afterwards.
+        let pidfd = sys::pidfd_open(Pid::from_raw(rec.pid)).map_err(|e| match e {
+            Errno::ESRCH => Error::WrongState {
+                id: id.to_string(),
+                status: "stopped",
+                hint: "its process exited before it was started",
+            },
+            e => Error::sys(format!("open the process of container {id}"), e),
+        })?;
         let fifo_path = dir.join(FIFO);
         let fifo = nix::fcntl::open(
             &fifo_path,
@@ -429,8 +439,6 @@ impl Runtime {
         .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
         // Opening the read end released the process; from here on it is running.
         let _ = std::fs::remove_file(&fifo_path);
-        let pidfd = sys::pidfd_open(Pid::from_raw(rec.pid))
-            .map_err(|e| Error::sys(format!("open the process of container {id}"), e))?;
         let mut released = false;
         loop {
             let mut fds = [
@@ -580,8 +588,13 @@ impl Runtime {
     }
 
     /// Removes a container. A running one needs `force` (it is killed first).
+    /// With `force`, a container that does not exist is no error (runc's rule:
+    /// containerd's shim deletes once more when it cleans up).
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let (dir, _lock) = self.lock(id)?;
+        let (dir, _lock) = match self.lock(id) {
+            Err(Error::NotFound(_)) if force => return Ok(()),
+            other => other?,
+        };
         let rec = match Record::load(&dir, id) {
             Ok(r) => Some(r),
             // Left behind by a create that crashed before writing its state.
