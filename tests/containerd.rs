@@ -48,7 +48,10 @@ impl Containerd {
             runtime,
         };
         assert!(
-            common::wait_until(Duration::from_secs(20), || c.ctr(&["version"]).status.success()),
+            common::wait_until(Duration::from_secs(20), || c
+                .ctr(&["version"])
+                .status
+                .success()),
             "containerd did not come up: {}",
             std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
         );
@@ -135,7 +138,16 @@ fn containerd_runs_a_container_through_rcrun() {
         "300",
     ]);
     assert!(out.status.success(), "run -d: {}", stderr(&out));
-    let out = c.ctr(&["tasks", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo exec in $(cat /proc/1/comm)"]);
+    let out = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long",
+        "sh",
+        "-c",
+        "echo exec in $(cat /proc/1/comm)",
+    ]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
     assert_eq!(stdout(&out), "exec in sleep\n");
     let out = c.ctr(&["tasks", "ps", "long"]);

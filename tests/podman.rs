@@ -151,9 +151,19 @@ fn podman_runs_execs_stops_and_removes_containers() {
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list[0]["status"], "running", "{list}");
 
-    let out = p.podman(&["exec", "svc", "sh", "-c", "echo exec:$(cat /proc/1/cmdline | tr '\\0' ' ')"]);
+    let out = p.podman(&[
+        "exec",
+        "svc",
+        "sh",
+        "-c",
+        "echo exec:$(cat /proc/1/cmdline | tr '\\0' ' ')",
+    ]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("exec:sh -c trap"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("exec:sh -c trap"),
+        "{}",
+        stdout(&out)
+    );
     let out = p.podman(&["exec", "-t", "svc", "tty"]);
     assert!(out.status.success(), "exec -t: {}", stderr(&out));
     assert!(stdout(&out).starts_with("/dev/pts/"), "{}", stdout(&out));
@@ -162,7 +172,12 @@ fn podman_runs_execs_stops_and_removes_containers() {
 
     let out = p.podman(&["stop", "-t", "10", "svc"]);
     assert!(out.status.success(), "stop: {}", stderr(&out));
-    let out = p.podman(&["inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", "svc"]);
+    let out = p.podman(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "svc",
+    ]);
     assert_eq!(stdout(&out).trim(), "exited 0", "{}", stderr(&out));
     let out = p.podman(&["rm", "svc"]);
     assert!(out.status.success(), "rm: {}", stderr(&out));
@@ -180,7 +195,12 @@ fn podman_runs_execs_stops_and_removes_containers() {
 #[test]
 fn podman_gives_a_terminal_and_kills_with_a_signal() {
     let p = Podman::new();
-    let out = p.podman(&Podman::run_args(&["--rm", "-t", "localhost/busybox:1.35", "tty"]));
+    let out = p.podman(&Podman::run_args(&[
+        "--rm",
+        "-t",
+        "localhost/busybox:1.35",
+        "tty",
+    ]));
     assert!(out.status.success(), "run -t: {}", stderr(&out));
     assert!(stdout(&out).starts_with("/dev/pts/"), "{}", stdout(&out));
     let out = p.podman(&Podman::run_args(&[
@@ -204,7 +224,13 @@ fn podman_gives_a_terminal_and_kills_with_a_signal() {
             "cat",
             "/proc/self/uid_map",
         ]));
-        let first: Vec<&str> = stdout(&out).split_whitespace().take(3).collect();
-        assert_eq!(first[..2], ["0", &nix::unistd::getuid().to_string()], "{}", stdout(&out));
+        let text = stdout(&out);
+        let first: Vec<&str> = text.split_whitespace().take(3).collect();
+        assert_eq!(
+            first[..2],
+            ["0", &nix::unistd::getuid().to_string()],
+            "{}",
+            stdout(&out)
+        );
     }
 }

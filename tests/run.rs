@@ -424,3 +424,99 @@ fn the_copy_fallback_runs_containers_without_overlay() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125));
 }
+
+/// Reads from a pty master until `pred` holds for what was read (or 20 s pass).
+fn read_pty_until(master: &mut std::fs::File, pred: impl Fn(&str) -> bool) -> String {
+    use std::io::Read;
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 512];
+    while !pred(&seen) && std::time::Instant::now() < deadline {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(master),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    seen
+}
+
+#[test]
+fn run_t_gives_an_interactive_terminal_that_follows_the_window_size() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.pull_fixture("busybox", "1.35");
+    let size = |rows, cols| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size(40, 120)), None).unwrap();
+    let mut cmd = env.cmd(&[
+        "run",
+        "--rm",
+        "-it",
+        "busybox:1.35",
+        "sh",
+        "-c",
+        "stty size; while read line; do echo \"$line: $(stty size)\"; done; echo bye",
+    ]);
+    let slave = std::fs::File::from(pty.slave);
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and TIOCSCTTY in the child before exec: the pty becomes
+    // rcrun's controlling terminal, as in an interactive shell.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let seen = read_pty_until(&mut master, |s| s.contains("40 120"));
+    assert!(
+        seen.contains("40 120"),
+        "the window size at start: {seen:?}"
+    );
+    // Resizing our terminal sends rcrun SIGWINCH; it passes the size on.
+    // SAFETY: TIOCSWINSZ with a valid winsize.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size(50, 132)) },
+        0
+    );
+    let mut resized = false;
+    for n in 0..50 {
+        master.write_all(format!("probe{n}\n").as_bytes()).unwrap();
+        let seen = read_pty_until(&mut master, |s| {
+            s.contains(&format!("probe{n}: ")) && s.ends_with('\n')
+        });
+        if seen.contains(&format!("probe{n}: 50 132")) {
+            resized = true;
+            break;
+        }
+    }
+    assert!(resized, "the container never saw 50 rows and 132 columns");
+    master.write_all(b"\x04").unwrap();
+    let seen = read_pty_until(&mut master, |s| s.contains("bye"));
+    assert!(
+        seen.contains("bye"),
+        "EOF from the terminal ends the read loop: {seen:?}"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
