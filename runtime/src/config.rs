@@ -341,6 +341,10 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         oom_score_adj: p.oom_score_adj(),
         terminal: p.terminal().unwrap_or(false),
+        console_size: p
+            .console_size()
+            .as_ref()
+            .map(|b| (b.height() as u16, b.width() as u16)),
         runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
         die_with_parent: false,
         preserve_fds: 0,

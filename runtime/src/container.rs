@@ -196,13 +196,7 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         }
         mounts::setup_rootfs(&cfg.rootfs)?;
         let pty = if cfg.process.terminal {
-            let size = cfg
-                .spec
-                .process()
-                .as_ref()
-                .and_then(|p| p.console_size())
-                .map(|b| (b.height() as u16, b.width() as u16));
-            Some(tty::open_console(size)?)
+            Some(tty::open_console(cfg.process.console_size)?)
         } else {
             None
         };
@@ -246,7 +240,7 @@ fn exec_body(plan: &ProcessPlan, mask: &SigSet, channel: &Channel) -> SetupFailu
     let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
         nix::unistd::setsid().map_err(|e| setup_failure("setsid", e))?;
         let pty = if plan.terminal {
-            Some(tty::open_console(None)?)
+            Some(tty::open_console(plan.console_size)?)
         } else {
             None
         };
@@ -485,6 +479,10 @@ impl Runtime {
             opts.detach,
             &opts.start.console_socket,
         )?;
+        if console.is_none() {
+            // Sized before the process runs: it may ask at once.
+            cfg.process.console_size = tty::own_size().or(cfg.process.console_size);
+        }
         let signals = if opts.detach {
             BlockedSignals::current()
         } else {
@@ -654,8 +652,11 @@ impl Runtime {
         if opts.process.is_none() && opts.args.is_empty() {
             return Err(Error::InvalidConfig("exec needs a command to run".into()));
         }
-        let plan = exec_plan(&rec, opts)?;
+        let mut plan = exec_plan(&rec, opts)?;
         let console = console_socket(plan.terminal, opts.detach, &opts.console_socket)?;
+        if console.is_none() {
+            plan.console_size = tty::own_size();
+        }
         let ns = join_plan(&rec)?;
         let signals = if opts.detach {
             BlockedSignals::current()

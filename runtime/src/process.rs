@@ -42,6 +42,8 @@ pub(crate) struct ProcessPlan {
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
     pub terminal: bool,
+    /// (rows, columns) of the terminal, set before the process runs.
+    pub console_size: Option<(u16, u16)>,
     /// (dev, ino) of rcrun's own executable: never a valid exec target inside.
     pub runtime_exe: Option<(u64, u64)>,
     /// SIGKILL the process when rcrun (its parent) dies.
@@ -420,6 +422,7 @@ mod tests {
             runtime_exe: None,
             die_with_parent: false,
             preserve_fds: 0,
+            console_size: None,
         }
     }
 

@@ -152,3 +152,16 @@ fn ptsname_of(master: &OwnedFd) -> Option<String> {
     let ret = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) };
     (ret == 0).then(|| format!("/dev/pts/{n}"))
 }
+
+/// (rows, columns) of rcrun's own terminal on stdin, if it has one.
+pub(crate) fn own_size() -> Option<(u16, u16)> {
+    let mut ws = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills a winsize.
+    unsafe { get_winsize(libc::STDIN_FILENO, &mut ws) }.ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}
