@@ -16,6 +16,7 @@ mod channel;
 mod config;
 mod container;
 mod error;
+mod hooks;
 mod idmap;
 mod monitor;
 mod mounts;
