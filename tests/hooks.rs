@@ -295,19 +295,33 @@ fn failing_create_container_hook_destroys_the_container() {
 }
 
 #[test]
-fn hook_over_its_timeout_is_killed_and_fails() {
-    let b = Bundle::busybox(&["true"]);
-    set_hook(&b, "createRuntime", "sleep 60", Some(1));
-    let started = Instant::now();
-    let out = b.run("slow");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(
-        err.contains("hooks.createRuntime[0]") && err.contains("timed out"),
-        "{err}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
-    no_containers_left(&b);
+fn hook_over_its_timeout_is_killed_with_what_it_started_and_fails() {
+    for run in [false, true] {
+        let b = Bundle::busybox(&["true"]);
+        let sleeper = b.data.path().join("sleeper");
+        set_hook(
+            &b,
+            "createRuntime",
+            &format!("sleep 60 & echo $! > {}; wait", sleeper.display()),
+            Some(1),
+        );
+        let started = Instant::now();
+        let out = if run {
+            b.run("slow")
+        } else {
+            b.oci(&["create", "--bundle", b.path().to_str().unwrap(), "slow"])
+        };
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(
+            err.contains("hooks.createRuntime[0]") && err.contains("timed out after 1 s"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+        let pid = std::fs::read_to_string(&sleeper).unwrap();
+        assert!(gone(pid.trim()), "the hook's child {pid} outlived it");
+        no_containers_left(&b);
+    }
 }
 
 #[test]
@@ -393,6 +407,18 @@ fn failing_poststop_hook_is_a_warning_and_delete_succeeds() {
         "{err}"
     );
     no_containers_left(&b);
+
+    // A foreground run that cleans up runs them too, and keeps the program's code.
+    let r = Bundle::busybox(&["sh", "-c", "exit 5"]);
+    set_hook(&r, "poststop", "echo poststop-broke >&2; exit 3", None);
+    let out = r.run("fg");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("poststop-broke"),
+        "{err}"
+    );
+    no_containers_left(&r);
 }
 
 #[test]
