@@ -423,7 +423,7 @@ impl Runtime {
         let mut released = false;
         // After the gate's byte: a startContainer hook's failure, if any.
         let mut after_gate = Vec::new();
-        let outcome = loop {
+        loop {
             let mut fds = [
                 PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
                 PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
@@ -436,10 +436,10 @@ impl Runtime {
             let fifo_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
             let exited = fds[1].revents().is_some_and(|r| !r.is_empty());
             if (fifo_ready || exited) && read_gate(&fifo, &mut released, &mut after_gate) {
-                break Ok(());
+                break;
             }
             if exited && released {
-                break Ok(());
+                break;
             }
             if exited {
                 return Err(Error::WrongState {
@@ -448,7 +448,7 @@ impl Runtime {
                     hint: "its process exited before it was started",
                 });
             }
-        };
+        }
         if let Some(f) = hooks::failure_from_fifo(&after_gate) {
             // The spec's lifecycle: stop and destroy the container, run poststop.
             kill_and_wait(&rec)?;
@@ -466,7 +466,7 @@ impl Runtime {
             &rec.spec,
             &rec.hook_state(Status::Running),
         );
-        outcome
+        Ok(())
     }
 
     /// Creates and starts a container. In the foreground rcrun is its monitor and
