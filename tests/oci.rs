@@ -789,12 +789,12 @@ fn unsupported_fields_are_reported_and_seccomp_refused() {
         "{err}"
     );
     b.edit(|c| {
-        c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
+        c["domainname"] = json!("example.org");
         c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     });
     let err = stderr(&b.run("fields"));
     assert!(
-        err.contains("hooks, linux.sysctl not supported yet"),
+        err.contains("domainname, linux.sysctl not supported yet"),
         "{err}"
     );
     // A seccomp filter cannot silently go missing: refused.
@@ -805,7 +805,7 @@ fn unsupported_fields_are_reported_and_seccomp_refused() {
     assert!(b.list().is_empty());
     // Without any of these in the spec, nothing is said.
     b.edit(|c| {
-        c.as_object_mut().unwrap().remove("hooks");
+        c.as_object_mut().unwrap().remove("domainname");
         c["linux"].as_object_mut().unwrap().remove("sysctl");
         c["linux"].as_object_mut().unwrap().remove("seccomp");
     });

@@ -12,6 +12,7 @@ use nix::sys::socket::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::SetupFailure;
+use crate::hooks::HookState;
 
 /// From the setup process to rcrun.
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,6 +24,9 @@ pub(crate) enum ToParent {
     /// Setup is done; the process is waiting to be started (an attached fd is the
     /// pty master when the process has a terminal).
     Ready,
+    /// The init waits before pivot_root for rcrun to run prestart and createRuntime
+    /// hooks (only when the spec has hooks that need it).
+    CreateRuntimeHooks,
     Failed(SetupFailure),
 }
 
@@ -32,6 +36,8 @@ pub(crate) enum ToChild {
     MapsWritten,
     /// Exec the container's process now (foreground run; create uses the fifo).
     Start,
+    /// The createRuntime hooks ran: the state for the init's own hooks.
+    HooksRan(HookState),
 }
 
 pub(crate) struct Channel {

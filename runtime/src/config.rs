@@ -14,6 +14,7 @@ use oci_spec::runtime::{LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, Spe
 
 use crate::caps::CapSets;
 use crate::error::{Error, Result};
+use crate::hooks;
 use crate::idmap::{self, MapWriter};
 use crate::mounts::{self, DevicePlan, MountKind, MountPlan, RootfsPlan};
 use crate::overlay::{OverlayPlan, RootfsOverlay};
@@ -384,7 +385,6 @@ fn unsupported_fields(spec: &Spec) -> Vec<String> {
     let linux = spec.linux().as_ref();
     let process = spec.process().as_ref();
     let named: Vec<&str> = [
-        ("hooks", spec.hooks().is_some()),
         (
             "domainname",
             spec.domainname().as_ref().is_some_and(|d| !d.is_empty()),
@@ -562,6 +562,7 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
             "linux.seccomp is set, but rcrun cannot apply seccomp filters yet; remove it to run without a filter",
         ));
     }
+    hooks::validate(&spec)?;
     let warnings = unsupported_fields(&spec);
     Ok(ContainerConfig {
         spec,

@@ -20,6 +20,7 @@ use nix::unistd::{Pid, Uid};
 use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
+use crate::hooks::{self, HookState};
 use crate::monitor::{self, BlockedSignals};
 use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
@@ -99,12 +100,14 @@ enum Gate {
     Message,
 }
 
-/// Removes a half-made container directory unless disarmed.
-struct Rollback(Option<PathBuf>);
+/// Removes a half-made container directory unless disarmed, then runs the
+/// poststop hooks (the container is destroyed).
+struct Rollback(Option<PathBuf>, Option<hooks::Poststop>);
 
 impl Rollback {
     fn disarm(mut self) {
         self.0 = None;
+        self.1 = None;
     }
 }
 
@@ -112,6 +115,9 @@ impl Drop for Rollback {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(poststop) = self.1.take() {
+            poststop.run();
         }
     }
 }
@@ -179,6 +185,8 @@ fn report_ready(
 /// The container's init: namespaces are set; build the rootfs, prepare the
 /// process, report Ready, wait for the gate, exec.
 fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channel) -> SetupFailure {
+    // The state for startContainer hooks, when the spec has any hooks run in setup.
+    let mut start_hooks = None;
     let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
         sys::set_dumpable(false)
             .map_err(|e| setup_failure("make the setup process non-dumpable", e))?;
@@ -194,7 +202,10 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         if let Some(h) = &cfg.hostname {
             mounts::set_hostname(h)?;
         }
-        mounts::setup_rootfs(&cfg.rootfs)?;
+        mounts::setup_rootfs(&cfg.rootfs, || {
+            start_hooks = hooks::pause(channel, &cfg.spec)?;
+            Ok(())
+        })?;
         let pty = if cfg.process.terminal {
             Some(tty::open_console(cfg.process.console_size)?)
         } else {
@@ -209,7 +220,7 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
     };
     // Held open until the exec closes it (close-on-exec): `start` returns on that EOF,
     // once the process is the user's program, which `exec` can then join.
-    let _fifo_until_exec = match gate {
+    let fifo_until_exec = match gate {
         Gate::Message => match channel.recv::<ToChild>() {
             Ok(Some((ToChild::Start, _))) => None,
             // rcrun went away before starting us: nothing to run for.
@@ -232,6 +243,14 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
             }
         }
     };
+    if let Some(state) = &start_hooks
+        && let Err(f) = hooks::run(hooks::Kind::StartContainer, &cfg.spec, state)
+    {
+        if let Some(fifo) = &fifo_until_exec {
+            hooks::report_on_fifo(fifo, &f);
+        }
+        return f;
+    }
     process::exec(&cfg.process, &exe, mask)
 }
 
@@ -337,7 +356,7 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
         }
-        Ok((dir.clone(), Rollback(Some(dir))))
+        Ok((dir.clone(), Rollback(Some(dir), None)))
     }
 
     fn record(cfg: &ContainerConfig, id: &str, pid: Pid) -> Record {
@@ -363,7 +382,7 @@ impl Runtime {
         signals: &BlockedSignals,
         pid_file: Option<&Path>,
     ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
-        let (dir, rollback) = self.new_container_dir(id)?;
+        let (dir, mut rollback) = self.new_container_dir(id)?;
         let gate = gate(&dir)?;
         let mask = signals.original;
         let spawned = spawn::spawn(
@@ -372,6 +391,12 @@ impl Runtime {
             cfg.process.oom_score_adj,
             |ch| init_body(cfg, &gate, &mask, ch),
         )?;
+        let state = HookState::new(&cfg.spec, id, spawned.pid, &cfg.bundle, Status::Creating);
+        rollback.1 = hooks::Poststop::new(&cfg.spec, state.clone());
+        if let Err(e) = hooks::serve_pause(&spawned.channel, &cfg.spec, &state) {
+            kill_and_reap(spawned.pid);
+            return Err(e);
+        }
         let pty = await_ready(&spawned)?;
         let saved = Self::record(cfg, id, spawned.pid)
             .save(&dir)
@@ -434,6 +459,8 @@ impl Runtime {
         // Opening the read end released the process; from here on it is running.
         let _ = std::fs::remove_file(&fifo_path);
         let mut released = false;
+        // After the gate's byte: a startContainer hook's failure, if any.
+        let mut after_gate = Vec::new();
         loop {
             let mut fds = [
                 PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
@@ -446,17 +473,11 @@ impl Runtime {
             }
             let fifo_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
             let exited = fds[1].revents().is_some_and(|r| !r.is_empty());
-            if fifo_ready {
-                let mut byte = [0u8; 1];
-                match nix::unistd::read(&fifo, &mut byte) {
-                    // Past the gate; EOF follows once it has exec'd.
-                    Ok(1) => released = true,
-                    Ok(0) if released => return Ok(()),
-                    _ => {}
-                }
+            if (fifo_ready || exited) && read_gate(&fifo, &mut released, &mut after_gate) {
+                break;
             }
             if exited && released {
-                return Ok(());
+                break;
             }
             if exited {
                 return Err(Error::WrongState {
@@ -466,6 +487,24 @@ impl Runtime {
                 });
             }
         }
+        if let Some(f) = hooks::failure_from_fifo(&after_gate) {
+            // The spec's lifecycle: stop and destroy the container, run poststop.
+            kill_and_wait(&rec)?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("remove {}", dir.display()), e))?;
+            hooks::run_warning(
+                hooks::Kind::Poststop,
+                &rec.spec,
+                &rec.hook_state(Status::Stopped),
+            );
+            return Err(f.into());
+        }
+        hooks::run_warning(
+            hooks::Kind::Poststart,
+            &rec.spec,
+            &rec.hook_state(Status::Running),
+        );
+        Ok(())
     }
 
     /// Creates and starts a container. In the foreground rcrun is its monitor and
@@ -511,6 +550,11 @@ impl Runtime {
             kill_and_reap(spawned.pid);
             return Err(e);
         }
+        hooks::run_warning(
+            hooks::Kind::Poststart,
+            &cfg.spec,
+            &HookState::new(&cfg.spec, id, spawned.pid, &cfg.bundle, Status::Running),
+        );
         if opts.detach {
             rollback.disarm();
             return Ok(0);
@@ -603,7 +647,7 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         };
-        if let Some(rec) = rec {
+        if let Some(rec) = &rec {
             let status = rec.status(&dir);
             if status == Status::Running && !force {
                 return Err(Error::WrongState {
@@ -613,10 +657,19 @@ impl Runtime {
                 });
             }
             if rec.alive() {
-                kill_and_wait(&rec)?;
+                kill_and_wait(rec)?;
             }
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Error::io(format!("remove {}", dir.display()), e))?;
+        if let Some(rec) = &rec {
+            hooks::run_warning(
+                hooks::Kind::Poststop,
+                &rec.spec,
+                &rec.hook_state(Status::Stopped),
+            );
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for a container's process to exit; true if it has
@@ -681,6 +734,24 @@ impl Runtime {
             return Ok(0);
         }
         monitor::wait(spawned.pid, pty, &signals)
+    }
+}
+
+/// Reads what the exec fifo holds: the gate's byte, then (rarely) a startContainer
+/// failure. True at EOF, which comes once the process has exec'd or exited.
+fn read_gate(fifo: &OwnedFd, released: &mut bool, after_gate: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fifo, &mut buf) {
+            Ok(0) => return *released,
+            Ok(n) => {
+                let rest = if *released { &buf[..n] } else { &buf[1..n] };
+                *released = true;
+                after_gate.extend_from_slice(rest);
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
     }
 }
 

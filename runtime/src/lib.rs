@@ -17,6 +17,7 @@ mod config;
 mod container;
 mod error;
 mod features;
+mod hooks;
 mod idmap;
 mod monitor;
 mod mounts;

@@ -520,7 +520,11 @@ fn make_readonly(path: &Path) -> Result<(), SetupFailure> {
 
 /// Builds the container's root and makes it `/`. Runs in the container's fresh
 /// mount namespace, before the process's credentials change.
-pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
+/// `before_pivot` runs once the mounts are in place (the createContainer hooks' point).
+pub(crate) fn setup_rootfs(
+    plan: &RootfsPlan,
+    before_pivot: impl FnOnce() -> Result<(), SetupFailure>,
+) -> Result<(), SetupFailure> {
     mount(
         None::<&str>,
         "/",
@@ -552,6 +556,7 @@ pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
         populate_dev(&root, plan)?;
     }
     drop(root);
+    before_pivot()?;
     pivot(&plan.rootfs, plan.no_pivot)?;
     if plan.cwd != Path::new("/") {
         // Like docker's WORKDIR, a missing working directory is created.

@@ -132,6 +132,17 @@ impl Record {
         }
     }
 
+    /// The state OCI hooks read, as of `status`.
+    pub fn hook_state(&self, status: Status) -> crate::hooks::HookState {
+        crate::hooks::HookState::new(
+            &self.spec,
+            &self.id,
+            nix::unistd::Pid::from_raw(self.pid),
+            &self.bundle,
+            status,
+        )
+    }
+
     pub fn state(&self, dir: &Path) -> State {
         let status = self.status(dir);
         State {
