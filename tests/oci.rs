@@ -798,11 +798,11 @@ fn unsupported_fields_are_reported_and_seccomp_refused() {
     );
     b.edit(|c| {
         c["hooks"] = json!({"prestart": [{"path": "/bin/true"}]});
-        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        c["linux"]["intelRdt"] = json!({"closID": "rcrun"});
     });
     let err = stderr(&b.run("fields"));
     assert!(
-        err.contains("hooks, linux.sysctl not supported yet"),
+        err.contains("hooks, linux.intelRdt not supported yet"),
         "{err}"
     );
     // A seccomp filter cannot silently go missing: refused.
@@ -814,7 +814,7 @@ fn unsupported_fields_are_reported_and_seccomp_refused() {
     // Without any of these in the spec, nothing is said.
     b.edit(|c| {
         c.as_object_mut().unwrap().remove("hooks");
-        c["linux"].as_object_mut().unwrap().remove("sysctl");
+        c["linux"].as_object_mut().unwrap().remove("intelRdt");
         c["linux"].as_object_mut().unwrap().remove("seccomp");
     });
     b.edit(|c| {

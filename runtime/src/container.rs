@@ -25,7 +25,7 @@ use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
-use crate::{mounts, sys, tty};
+use crate::{mounts, nsfields, sys, tty};
 
 /// Where a runtime keeps its containers' state.
 #[derive(Debug, Clone)]
@@ -157,6 +157,9 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         nix::unistd::setsid().map_err(|e| setup_failure("setsid", e))?;
         if let Some(h) = &cfg.hostname {
             mounts::set_hostname(h)?;
+        }
+        if let Some(d) = &cfg.domainname {
+            nsfields::set_domainname(d)?;
         }
         mounts::setup_rootfs(&cfg.rootfs)?;
         let pty = if cfg.process.terminal {

@@ -14,6 +14,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::caps::{self, CapSets};
 use crate::error::{FailureKind, SetupFailure};
+use crate::procattrs::{self, ProcessAttrs};
 use crate::sys;
 
 pub(crate) const DEFAULT_PATH: &str =
@@ -46,6 +47,7 @@ pub(crate) struct ProcessPlan {
     pub runtime_exe: Option<(u64, u64)>,
     /// SIGKILL the process when rcrun (its parent) dies.
     pub die_with_parent: bool,
+    pub attrs: ProcessAttrs,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -331,6 +333,7 @@ pub(crate) fn switch_user(plan: &ProcessPlan) -> Result<(), SetupFailure> {
 /// Returns the path to exec.
 pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
     apply_limits(plan)?;
+    procattrs::apply(&plan.attrs)?;
     nix::unistd::chdir(&plan.cwd).map_err(|e| {
         failure(
             format!("chdir to the working directory {}", plan.cwd.display()),
@@ -411,6 +414,7 @@ mod tests {
             terminal: false,
             runtime_exe: None,
             die_with_parent: false,
+            attrs: ProcessAttrs::default(),
         }
     }
 

@@ -95,7 +95,9 @@ pub(crate) fn spawn(
         .collect::<Result<_>>()?;
     let new_user = ns.creates(libc::CLONE_NEWUSER);
 
-    if join.is_empty() {
+    // Time offsets must be written before the init enters its time namespace:
+    // only the intermediate path has a process to write them from.
+    if join.is_empty() && ns.time_offsets.is_none() {
         let pid = match sys::clone3(ns.create).map_err(|e| clone_error(e, ns.create))? {
             None => {
                 drop(parent);
@@ -228,6 +230,11 @@ fn intermediate(
     {
         return failure("create the container's namespaces", e);
     }
+    if let Some(offsets) = &ns.time_offsets
+        && let Err(f) = write_time_offsets(offsets)
+    {
+        return f;
+    }
     // The container's process shares the channel with this one: it must not report
     // (Ready, Failed) before InitPid is sent, or rcrun would read them out of order. It
     // waits for EOF on this pipe, which comes when this process exits after InitPid.
@@ -252,6 +259,21 @@ fn intermediate(
             unsafe { libc::_exit(0) }
         }
     }
+}
+
+/// Writes the offsets of the time namespace this process's children will enter.
+/// Only dumpable can we open our own /proc file in a user namespace; no container
+/// process exists yet to see that.
+fn write_time_offsets(offsets: &str) -> Result<(), SetupFailure> {
+    let step = "write linux.timeOffsets to /proc/self/timens_offsets";
+    sys::set_dumpable(true).map_err(|e| failure(step, e))?;
+    let written = std::fs::write("/proc/self/timens_offsets", offsets);
+    sys::set_dumpable(false).map_err(|e| failure(step, e))?;
+    written.map_err(|e| SetupFailure {
+        step: step.into(),
+        detail: e.to_string(),
+        kind: FailureKind::Setup,
+    })
 }
 
 pub(crate) fn ns_name(flag: u64) -> &'static str {
