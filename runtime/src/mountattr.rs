@@ -4,7 +4,7 @@
 
 use std::ffi::CStr;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use oci_spec::runtime::LinuxIdMapping;
@@ -153,10 +153,9 @@ fn open_tree(source: &CStr, recursive: bool) -> nix::Result<OwnedFd> {
         flags |= libc::AT_RECURSIVE as u32;
     }
     // SAFETY: plain syscall with a valid C string.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source.as_ptr(), flags) };
-    let fd = Errno::result(fd)? as RawFd;
-    // SAFETY: the kernel just gave us this fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::fd_result(unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source.as_ptr(), flags)
+    })
 }
 
 /// Bind mounts `source` on the directory or file `target` is open on, through an

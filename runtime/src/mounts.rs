@@ -605,14 +605,17 @@ fn make_readonly(path: &Path) -> Result<(), SetupFailure> {
 /// Builds the container's root and makes it `/`. Runs in the container's fresh
 /// mount namespace, before the process's credentials change.
 pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        plan.root_propagation,
-        None::<&str>,
-    )
-    .map_err(|e| failure("set propagation of /", e))?;
+    let propagate_root = |step: &str| {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            plan.root_propagation,
+            None::<&str>,
+        )
+        .map_err(|e| failure(step, e))
+    };
+    propagate_root("set propagation of /")?;
     // After the propagation change: as root the overlay must not reach the host.
     if let Some(overlay) = &plan.overlay {
         overlay.mount(&plan.rootfs)?;
@@ -641,14 +644,7 @@ pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
     drop(root);
     pivot(&plan.rootfs)?;
     if plan.share_root_after_pivot {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            plan.root_propagation,
-            None::<&str>,
-        )
-        .map_err(|e| failure("share the container's root (linux.rootfsPropagation)", e))?;
+        propagate_root("share the container's root (linux.rootfsPropagation)")?;
     }
     if plan.cwd != Path::new("/") {
         // Like docker's WORKDIR, a missing working directory is created.
