@@ -83,6 +83,14 @@ fn bad_sysctls_are_refused() {
         "no-netns",
         "needs the container's own network namespace",
     );
+    // Joined by path, the host's own network namespace is no better.
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "network", "path": "/proc/self/ns/net"}));
+    });
+    refused(&b, "host-netns", "network namespace (not the host's)");
 }
 
 #[test]

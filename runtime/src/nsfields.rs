@@ -9,19 +9,28 @@ use oci_spec::runtime::Spec;
 
 use crate::config::NamespacePlan;
 use crate::error::{Error, FailureKind, Result, SetupFailure};
+use crate::sys;
 
 fn invalid(msg: String) -> Error {
     Error::InvalidConfig(msg)
 }
 
-/// Whether the container has its own namespace of this kind (created or joined by
-/// path): a sysctl written there stays in the container.
-fn has(ns: &NamespacePlan, flag: i32) -> bool {
-    ns.creates(flag) || ns.joins(flag)
+/// Whether the container has its own namespace of this kind, created or joined by
+/// path (as podman joins its network namespace), and not rcrun's own: a sysctl
+/// written there stays out of the host.
+fn own_namespace(ns: &NamespacePlan, flag: i32, proc_name: &str) -> bool {
+    if ns.creates(flag) {
+        return true;
+    }
+    ns.join.iter().any(|(path, f)| {
+        *f == flag as u64
+            && sys::file_id(path) != sys::file_id(Path::new(&format!("/proc/self/ns/{proc_name}")))
+    })
 }
 
-/// The namespace a namespaced sysctl lives in, or None for a host-wide one.
-fn sysctl_namespace(name: &str) -> Option<(i32, &'static str)> {
+/// The namespace a namespaced sysctl lives in (flag, spec type, /proc/PID/ns name),
+/// or None for a host-wide one.
+fn sysctl_namespace(name: &str) -> Option<(i32, &'static str, &'static str)> {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -33,11 +42,11 @@ fn sysctl_namespace(name: &str) -> Option<(i32, &'static str)> {
         "kernel.shm_rmid_forced",
     ];
     if name.starts_with("net.") {
-        Some((libc::CLONE_NEWNET, "network"))
+        Some((libc::CLONE_NEWNET, "network", "net"))
     } else if IPC.contains(&name) || name.starts_with("fs.mqueue.") {
-        Some((libc::CLONE_NEWIPC, "ipc"))
+        Some((libc::CLONE_NEWIPC, "ipc", "ipc"))
     } else if name == "kernel.hostname" || name == "kernel.domainname" {
-        Some((libc::CLONE_NEWUTS, "uts"))
+        Some((libc::CLONE_NEWUTS, "uts", "uts"))
     } else {
         None
     }
@@ -72,9 +81,9 @@ pub(crate) fn sysctls(spec: &Spec, ns: &NamespacePlan) -> Result<Vec<(PathBuf, S
                     "linux.sysctl {name} is not namespaced: it would change the host; only net.*, kernel.shm*/msg*/sem, fs.mqueue.* and kernel.hostname/domainname may be set"
                 )));
             }
-            Some((flag, kind)) if !has(ns, flag) => {
+            Some((flag, kind, proc_name)) if !own_namespace(ns, flag, proc_name) => {
                 return Err(invalid(format!(
-                    "linux.sysctl {name} needs the container's own {kind} namespace: add {{\"type\": \"{kind}\"}} to linux.namespaces"
+                    "linux.sysctl {name} needs the container's own {kind} namespace (not the host's): add {{\"type\": \"{kind}\"}} to linux.namespaces"
                 )));
             }
             Some(_) => {}
@@ -239,6 +248,13 @@ mod tests {
             ]
         );
         assert!(sysctls(&s, &ns(libc::CLONE_NEWNET)).is_err());
+        // Joining rcrun's own network namespace is joining the host's.
+        let host = NamespacePlan {
+            create: libc::CLONE_NEWIPC as u64,
+            join: vec![("/proc/self/ns/net".into(), libc::CLONE_NEWNET as u64)],
+            ..Default::default()
+        };
+        assert!(sysctls(&s, &host).is_err());
         for bad in ["vm.swappiness", "net..x", "net.ipv4/../../x", "net.."] {
             let s = with_sysctl(&[(bad, "1")]);
             assert!(sysctls(&s, &ns(libc::CLONE_NEWNET)).is_err(), "{bad}");
