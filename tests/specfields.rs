@@ -161,13 +161,22 @@ fn process_io_priority_scheduler_and_personality_are_applied() {
 }
 
 #[test]
-fn realtime_io_class_needs_host_privileges() {
+fn realtime_io_class_and_negative_nice_need_host_privileges() {
     let b = Bundle::busybox(&["sh", "-c", "ionice -p $$"]);
     b.edit(|c| c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_RT", "priority": 2}));
     if is_root() {
         assert_eq!(run_ok(&b, "rt"), "realtime: prio 2\n");
     } else {
         refused(&b, "rt", "IOPRIO_CLASS_RT needs CAP_SYS_ADMIN");
+    }
+    let b = Bundle::busybox(&["cat", "/proc/self/stat"]);
+    b.edit(|c| c["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "nice": -5}));
+    if is_root() {
+        let stat = run_ok(&b, "nice");
+        let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16);
+        assert_eq!(nice, Some("-5"), "{stat}");
+    } else {
+        refused(&b, "nice", "negative nice value need CAP_SYS_NICE");
     }
 }
 
@@ -358,6 +367,24 @@ fn spec_devices_are_created_or_bound() {
         c["linux"]["devices"] = json!([{"path": "/dev/any", "type": "a", "major": 1, "minor": 3}])
     });
     refused(&b, "type-a", "only valid in cgroup rules");
+    // Without a /dev mount there is nowhere to make them: said, not silently skipped.
+    b.edit(|c| {
+        c["linux"]["devices"] = json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
+        c["process"]["args"] = json!(["true"]);
+        // Masking files binds /dev/null, which this container lacks.
+        c["linux"]["maskedPaths"] = json!([]);
+    });
+    let out = b.run("no-dev");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("linux.devices ignored"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -603,6 +603,12 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         ));
     }
     let mut warnings = unsupported_fields(&spec);
+    if !rootfs_plan.populate_dev && linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        warnings.push(
+            "linux.devices ignored: rcrun creates devices only in a /dev that the spec mounts (type tmpfs), and this spec mounts none"
+                .into(),
+        );
+    }
     nsfields::selinux_labels(&spec, &mut warnings)?;
     Ok(ContainerConfig {
         spec,
