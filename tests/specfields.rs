@@ -387,46 +387,65 @@ fn spec_devices_are_created_or_bound() {
     );
 }
 
+/// The host id that container id `id` maps to, from the spec's `key` mappings.
+fn host_id(b: &Bundle, key: &str, id: u64) -> u64 {
+    let c = b.config();
+    for m in c["linux"][key].as_array().into_iter().flatten() {
+        let (cid, hid, size) = (
+            m["containerID"].as_u64().unwrap(),
+            m["hostID"].as_u64().unwrap(),
+            m["size"].as_u64().unwrap(),
+        );
+        if (cid..cid + size).contains(&id) {
+            return hid + id - cid;
+        }
+    }
+    id
+}
+
 #[test]
 fn idmapped_mount_shows_mapped_owners() {
-    // A tmpfs mounted in the container is owned by its user namespace, so it can be
-    // idmapped rootless too; the bind's source is that tmpfs, seen from the host side.
+    // Mount mappings are in host ids. Rootless, rcrun can idmap only a filesystem
+    // mounted inside the container (the tmpfs on /idsrc); as root it idmaps the host
+    // directory under it (the bind source is resolved on the host), where the same
+    // file name is made beforehand.
     let b = Bundle::busybox(&[
         "sh",
         "-c",
         "touch /idsrc/f && stat -c '%u:%g' /idsrc/f /idmapped/f",
     ]);
-    std::fs::create_dir(b.rootfs().join("idsrc")).unwrap();
-    let source = b.rootfs().join("idsrc").to_str().unwrap().to_string();
+    let source = b.rootfs().join("idsrc");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("f"), "").unwrap();
+    let (uid, gid) = (host_id(&b, "uidMappings", 1), host_id(&b, "gidMappings", 2));
     b.edit(|c| {
         let mounts = c["mounts"].as_array_mut().unwrap();
         mounts.push(json!({"destination": "/idsrc", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]}));
         mounts.push(json!({
             "destination": "/idmapped", "type": "bind", "source": source, "options": ["bind", "idmap"],
-            "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
-            "gidMappings": [{"containerID": 0, "hostID": 2, "size": 1}]
+            "uidMappings": [{"containerID": 0, "hostID": uid, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": gid, "size": 1}]
         }));
     });
     assert_eq!(run_ok(&b, "idmap"), "0:0\n1:2\n");
 }
 
 #[test]
-fn idmapped_host_directory_needs_host_root() {
-    let b = Bundle::busybox(&["stat", "-c", "%u:%g", "/idmapped/f"]);
-    let f = b.data.path().join("f");
-    std::fs::write(&f, "").unwrap();
+fn idmap_without_mappings_uses_the_containers_user_namespace() {
+    // A host directory owned by the host's root, seen from a user namespace: nobody
+    // through a plain bind, the container's root through an idmapped one.
+    let b = Bundle::busybox_userns(&["stat", "-c", "%u:%g", "/plain/f", "/idmapped/f"]);
+    std::fs::write(b.data.path().join("f"), "").unwrap();
     let data = b.data.path().to_str().unwrap().to_string();
-    let me = nix::unistd::Uid::effective().as_raw();
     b.edit(|c| {
-        c["mounts"].as_array_mut().unwrap().push(json!({
-            "destination": "/idmapped", "type": "bind", "source": data, "options": ["rbind", "ridmap"],
-            "uidMappings": [{"containerID": me, "hostID": 7, "size": 1}],
-            "gidMappings": [{"containerID": 0, "hostID": 8, "size": 1}]
-        }))
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/plain", "type": "bind", "source": data, "options": ["rbind"]}));
+        mounts.push(json!({"destination": "/idmapped", "type": "bind", "source": data, "options": ["rbind", "ridmap"]}));
     });
     if is_root() {
-        assert_eq!(run_ok(&b, "host"), "7:8\n");
+        assert_eq!(run_ok(&b, "host"), "65534:65534\n0:0\n");
     } else {
+        // The kernel lets only the host's root idmap a host filesystem.
         refused(&b, "host", "idmapped bind mount");
     }
 }
@@ -441,7 +460,16 @@ fn bad_idmapped_mounts_are_refused() {
             .unwrap()
             .push(json!({"destination": "/i", "type": "bind", "source": data, "options": ["bind", "idmap"]}))
     });
-    refused(&b, "no-maps", "needs both uidMappings and gidMappings");
+    if is_root() {
+        // As root the default spec has no user namespace to take mappings from.
+        refused(&b, "no-maps", "this container creates none");
+    }
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.last_mut().unwrap()["uidMappings"] =
+            json!([{"containerID": 0, "hostID": 1, "size": 1}]);
+    });
+    refused(&b, "uid-only", "needs both uidMappings and gidMappings");
     b.edit(|c| {
         let mounts = c["mounts"].as_array_mut().unwrap();
         mounts.retain(|m| m["destination"] != "/i");

@@ -15,7 +15,7 @@ use oci_spec::runtime::{LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, Spe
 use crate::caps::CapSets;
 use crate::error::{Error, Result};
 use crate::idmap::{self, MapWriter};
-use crate::mountattr::Idmap;
+use crate::mountattr;
 use crate::mounts::{self, DevicePlan, MountKind, MountPlan, RootfsPlan};
 use crate::nsfields;
 use crate::overlay::{OverlayPlan, RootfsOverlay};
@@ -177,7 +177,7 @@ fn id_maps(spec: &Spec, ns: &NamespacePlan) -> Result<Option<IdMaps>> {
     }))
 }
 
-fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
+fn mount_plans(spec: &Spec, bundle: &Path, maps: Option<&IdMaps>) -> Result<Vec<MountPlan>> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
@@ -232,7 +232,7 @@ fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
                     .unwrap_or_else(|| typ.to_string()),
             }
         };
-        let idmap = mount_idmap(m, opts.idmap, &kind)?;
+        let idmap = mountattr::plan(m, opts.idmap, matches!(kind, MountKind::Bind { .. }), maps)?;
         out.push(MountPlan {
             recursive_attrs: opts.recursive_attrs,
             idmap,
@@ -272,40 +272,6 @@ fn check_host_device(d: &DevicePlan) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The idmap of a mount: its uidMappings/gidMappings, on a bind mount.
-fn mount_idmap(
-    m: &oci_spec::runtime::Mount,
-    option: Option<bool>,
-    kind: &MountKind,
-) -> Result<Option<Idmap>> {
-    let dest = m.destination().display();
-    let uid = m.uid_mappings().clone().unwrap_or_default();
-    let gid = m.gid_mappings().clone().unwrap_or_default();
-    if option.is_none() && uid.is_empty() && gid.is_empty() {
-        return Ok(None);
-    }
-    if !matches!(kind, MountKind::Bind { .. }) {
-        return Err(invalid(format!(
-            "mount on {dest}: idmap and uidMappings/gidMappings are only supported on bind mounts"
-        )));
-    }
-    if uid.is_empty() || gid.is_empty() {
-        return Err(invalid(format!(
-            "mount on {dest}: an idmapped mount needs both uidMappings and gidMappings on the mount"
-        )));
-    }
-    if uid.iter().chain(&gid).any(|m| m.size() == 0) {
-        return Err(invalid(format!(
-            "mount on {dest}: an id mapping has size 0"
-        )));
-    }
-    Ok(Some(Idmap {
-        uid,
-        gid,
-        recursive: option.unwrap_or(false),
-    }))
 }
 
 fn device_plans(spec: &Spec, uid: u32, gid: u32, bind: bool) -> Result<Vec<DevicePlan>> {
@@ -552,7 +518,7 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
     let maps = id_maps(&spec, &namespaces)?;
     let process = process_plan(&spec)?;
     let linux = spec.linux().clone().unwrap_or_default();
-    let mounts = mount_plans(&spec, &bundle)?;
+    let mounts = mount_plans(&spec, &bundle, maps.as_ref())?;
     let populate_dev = mounts
         .iter()
         .any(|m| m.dest == Path::new("/dev") && !matches!(m.kind, MountKind::Bind { .. }));

@@ -21,6 +21,7 @@ use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::monitor::{self, BlockedSignals};
+use crate::mountattr::{self, Premade};
 use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
@@ -150,7 +151,13 @@ fn report_ready(
 
 /// The container's init: namespaces are set; build the rootfs, prepare the
 /// process, report Ready, wait for the gate, exec.
-fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channel) -> SetupFailure {
+fn init_body(
+    cfg: &ContainerConfig,
+    premade: &Premade,
+    gate: &Gate,
+    mask: &SigSet,
+    channel: &Channel,
+) -> SetupFailure {
     let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
         sys::set_dumpable(false)
             .map_err(|e| setup_failure("make the setup process non-dumpable", e))?;
@@ -161,7 +168,7 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         if let Some(d) = &cfg.domainname {
             nsfields::set_domainname(d)?;
         }
-        mounts::setup_rootfs(&cfg.rootfs)?;
+        mounts::setup_rootfs(&cfg.rootfs, premade)?;
         let pty = if cfg.process.terminal {
             let size = cfg
                 .spec
@@ -338,12 +345,14 @@ impl Runtime {
     ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
         let (dir, rollback) = self.new_container_dir(id)?;
         let gate = gate(&dir)?;
+        // Idmapped mounts of host filesystems can only be made here, as root.
+        let premade = mountattr::premake(&cfg.rootfs.mounts)?;
         let mask = signals.original;
         let spawned = spawn::spawn(
             &cfg.namespaces,
             cfg.maps.as_ref(),
             cfg.process.oom_score_adj,
-            |ch| init_body(cfg, &gate, &mask, ch),
+            |ch| init_body(cfg, &premade, &gate, &mask, ch),
         )?;
         let pty = await_ready(&spawned)?;
         let saved = Self::record(cfg, id, spawned.pid)

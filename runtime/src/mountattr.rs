@@ -2,13 +2,18 @@
 //! through mount_setattr(AT_RECURSIVE), and idmapped bind mounts (`idmap`/`ridmap`
 //! with the mount's uidMappings/gidMappings) through open_tree + MOUNT_ATTR_IDMAP.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use oci_spec::runtime::LinuxIdMapping;
+use nix::unistd::Uid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 
+use crate::config::IdMaps;
+use crate::error::{Error, Result};
+use crate::mounts::{MountKind, MountPlan};
 use crate::sys;
 
 /// Attributes to set and clear on a mount and everything below it.
@@ -83,14 +88,105 @@ pub(crate) fn apply_recursive(fd: &OwnedFd, attrs: RecursiveAttrs) -> nix::Resul
     mount_setattr(fd, libc::AT_RECURSIVE as u32, &attr)
 }
 
-/// An idmapped bind mount: the mapping from the source filesystem's ids to the ids
-/// seen through the mount, in the container's user namespace's terms.
+/// An idmapped bind mount. The spec's mappings are in the host's terms (as runc and
+/// crun read them); `idmap` without mappings uses the container's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Idmap {
     pub uid: Vec<LinuxIdMapping>,
     pub gid: Vec<LinuxIdMapping>,
     /// `ridmap`: submounts are idmapped too.
     pub recursive: bool,
+    /// rcrun is root: the mount is made on the host before the container starts, so
+    /// any filesystem that supports idmapping works. Otherwise it is made inside the
+    /// container with the mappings translated to the container's ids, which the
+    /// kernel allows only for filesystems mounted there.
+    pub outside: bool,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidConfig(msg)
+}
+
+/// Host ids `list` in the terms of the user namespace `container` describes.
+fn to_container(
+    list: &[LinuxIdMapping],
+    container: &[LinuxIdMapping],
+) -> Option<Vec<LinuxIdMapping>> {
+    list.iter()
+        .map(|m| {
+            let c = container.iter().find(|c| {
+                c.host_id() <= m.host_id()
+                    && m.host_id() as u64 + m.size() as u64 <= c.host_id() as u64 + c.size() as u64
+            })?;
+            LinuxIdMappingBuilder::default()
+                .container_id(m.container_id())
+                .host_id(c.container_id() + (m.host_id() - c.host_id()))
+                .size(m.size())
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
+/// The idmap of a spec mount (`idmap`/`ridmap` option, uidMappings/gidMappings).
+pub(crate) fn plan(
+    m: &Mount,
+    option: Option<bool>,
+    is_bind: bool,
+    container: Option<&IdMaps>,
+) -> Result<Option<Idmap>> {
+    let dest = m.destination().display();
+    let uid = m.uid_mappings().clone().unwrap_or_default();
+    let gid = m.gid_mappings().clone().unwrap_or_default();
+    if option.is_none() && uid.is_empty() && gid.is_empty() {
+        return Ok(None);
+    }
+    if !is_bind {
+        return Err(invalid(format!(
+            "mount on {dest}: idmap and uidMappings/gidMappings are only supported on bind mounts"
+        )));
+    }
+    let (uid, gid) = match (uid.is_empty(), gid.is_empty(), container) {
+        (false, false, _) => (uid, gid),
+        (true, true, Some(maps)) => (maps.uid.clone(), maps.gid.clone()),
+        (true, true, None) => {
+            return Err(invalid(format!(
+                "mount on {dest}: idmap without uidMappings/gidMappings uses the container's user namespace, and this container creates none; add the mappings to the mount"
+            )));
+        }
+        _ => {
+            return Err(invalid(format!(
+                "mount on {dest}: an idmapped mount needs both uidMappings and gidMappings on the mount"
+            )));
+        }
+    };
+    if uid.iter().chain(&gid).any(|m| m.size() == 0) {
+        return Err(invalid(format!(
+            "mount on {dest}: an id mapping has size 0"
+        )));
+    }
+    let recursive = option.unwrap_or(false);
+    if Uid::effective().is_root() {
+        return Ok(Some(Idmap {
+            uid,
+            gid,
+            recursive,
+            outside: true,
+        }));
+    }
+    let inside = |list: &[LinuxIdMapping], theirs: Option<&Vec<LinuxIdMapping>>| {
+        theirs.and_then(|c| to_container(list, c)).ok_or_else(|| {
+            invalid(format!(
+                "mount on {dest}: the idmap's host ids are not all mapped in the container's user namespace, so rcrun (not root) cannot use them"
+            ))
+        })
+    };
+    Ok(Some(Idmap {
+        uid: inside(&uid, container.map(|c| &c.uid))?,
+        gid: inside(&gid, container.map(|c| &c.gid))?,
+        recursive,
+        outside: false,
+    }))
 }
 
 fn map_text(maps: &[LinuxIdMapping]) -> String {
@@ -158,14 +254,12 @@ fn open_tree(source: &CStr, recursive: bool) -> nix::Result<OwnedFd> {
     })
 }
 
-/// Bind mounts `source` on the directory or file `target` is open on, through an
-/// idmapped copy of its mount tree.
-pub(crate) fn bind_idmapped(
+/// A detached, idmapped copy of the mount tree at `source`.
+pub(crate) fn idmapped_tree(
     source: &CStr,
-    target: &OwnedFd,
     recursive: bool,
     idmap: &Idmap,
-) -> Result<(), String> {
+) -> Result<OwnedFd, String> {
     let tree = open_tree(source, recursive)
         .map_err(|e| format!("clone the source mount: {}", e.desc()))?;
     let userns = mapping_userns(idmap)?;
@@ -186,6 +280,11 @@ pub(crate) fn bind_idmapped(
             e.desc()
         )
     })?;
+    Ok(tree)
+}
+
+/// Attaches a detached mount tree on the directory or file `target` is open on.
+pub(crate) fn attach(tree: &OwnedFd, target: &OwnedFd) -> Result<(), String> {
     // SAFETY: plain syscall; the strings outlive it.
     let ret = unsafe {
         libc::syscall(
@@ -200,6 +299,41 @@ pub(crate) fn bind_idmapped(
     Errno::result(ret)
         .map(drop)
         .map_err(|e| format!("attach the idmapped mount: {}", e.desc()))
+}
+
+/// The idmapped mounts rcrun makes as root before the container starts, one entry
+/// per planned mount (None where the mount is not made here). The container's
+/// process inherits the fds and attaches them.
+pub(crate) struct Premade(Vec<Option<OwnedFd>>);
+
+impl Premade {
+    pub fn get(&self, index: usize) -> Option<&OwnedFd> {
+        self.0.get(index).and_then(Option::as_ref)
+    }
+}
+
+pub(crate) fn premake(mounts: &[MountPlan]) -> Result<Premade> {
+    let mut out = Vec::new();
+    for m in mounts {
+        let (Some(idmap), MountKind::Bind { source, recursive }) = (&m.idmap, &m.kind) else {
+            out.push(None);
+            continue;
+        };
+        if !idmap.outside {
+            out.push(None);
+            continue;
+        }
+        let c = CString::new(source.as_os_str().as_bytes()).unwrap_or_default();
+        let tree = idmapped_tree(&c, *recursive, idmap).map_err(|detail| {
+            invalid(format!(
+                "idmapped bind mount {} on {}: {detail}",
+                source.display(),
+                m.dest.display()
+            ))
+        })?;
+        out.push(Some(tree));
+    }
+    Ok(Premade(out))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use crate::error::{FailureKind, SetupFailure};
-use crate::mountattr::{self, Idmap, RecursiveAttrs};
+use crate::mountattr::{self, Idmap, Premade, RecursiveAttrs};
 use crate::nsfields;
 use crate::overlay::OverlayPlan;
 use crate::sys;
@@ -345,7 +345,7 @@ fn bind(source: &Path, target: &str, recursive: bool) -> nix::Result<()> {
     mount(Some(source), target, None::<&str>, flags, None::<&str>)
 }
 
-fn do_mount(root: &OwnedFd, m: &MountPlan) -> Result<(), SetupFailure> {
+fn do_mount(root: &OwnedFd, m: &MountPlan, premade: Option<&OwnedFd>) -> Result<(), SetupFailure> {
     let dest = m.dest.display();
     let is_file = match &m.kind {
         MountKind::Bind { source, .. } => std::fs::metadata(source)
@@ -364,14 +364,20 @@ fn do_mount(root: &OwnedFd, m: &MountPlan) -> Result<(), SetupFailure> {
     let mut remount = None;
     match &m.kind {
         MountKind::Bind { source, recursive } => {
-            if let Some(idmap) = &m.idmap {
-                mountattr::bind_idmapped(&cpath(source), &target, *recursive, idmap).map_err(
-                    |detail| SetupFailure {
-                        step: format!("idmapped bind mount {} on {dest}", source.display()),
-                        detail,
-                        kind: FailureKind::Setup,
-                    },
-                )?;
+            let idmapped = match (premade, &m.idmap) {
+                (Some(tree), _) => Some(mountattr::attach(tree, &target)),
+                (None, Some(idmap)) => Some(
+                    mountattr::idmapped_tree(&cpath(source), *recursive, idmap)
+                        .and_then(|tree| mountattr::attach(&tree, &target)),
+                ),
+                (None, None) => None,
+            };
+            if let Some(result) = idmapped {
+                result.map_err(|detail| SetupFailure {
+                    step: format!("idmapped bind mount {} on {dest}", source.display()),
+                    detail,
+                    kind: FailureKind::Setup,
+                })?;
             } else {
                 bind(source, &tpath, *recursive).map_err(|e| {
                     failure(format!("bind mount {} on {dest}", source.display()), e)
@@ -604,7 +610,7 @@ fn make_readonly(path: &Path) -> Result<(), SetupFailure> {
 
 /// Builds the container's root and makes it `/`. Runs in the container's fresh
 /// mount namespace, before the process's credentials change.
-pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
+pub(crate) fn setup_rootfs(plan: &RootfsPlan, premade: &Premade) -> Result<(), SetupFailure> {
     let propagate_root = |step: &str| {
         mount(
             None::<&str>,
@@ -635,8 +641,8 @@ pub(crate) fn setup_rootfs(plan: &RootfsPlan) -> Result<(), SetupFailure> {
         Mode::empty(),
     )
     .map_err(|e| failure(format!("open the rootfs {}", plan.rootfs.display()), e))?;
-    for m in &plan.mounts {
-        do_mount(&root, m)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        do_mount(&root, m, premade.get(i))?;
     }
     if plan.populate_dev {
         populate_dev(&root, plan)?;
