@@ -470,6 +470,20 @@ fn bad_idmapped_mounts_are_refused() {
             json!([{"containerID": 0, "hostID": 1, "size": 1}]);
     });
     refused(&b, "uid-only", "needs both uidMappings and gidMappings");
+    if !is_root() {
+        // Rootless, the mapping's host ids must be ids of the container.
+        b.edit(|c| {
+            let mounts = c["mounts"].as_array_mut().unwrap();
+            let m = mounts.last_mut().unwrap();
+            m["uidMappings"] = json!([{"containerID": 0, "hostID": 5, "size": 1}]);
+            m["gidMappings"] = json!([{"containerID": 0, "hostID": 5, "size": 1}]);
+        });
+        refused(
+            &b,
+            "unmapped",
+            "not all mapped in the container's user namespace",
+        );
+    }
     b.edit(|c| {
         let mounts = c["mounts"].as_array_mut().unwrap();
         mounts.retain(|m| m["destination"] != "/i");

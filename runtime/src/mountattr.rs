@@ -314,6 +314,12 @@ impl Premade {
 
 pub(crate) fn premake(mounts: &[MountPlan]) -> Result<Premade> {
     let mut out = Vec::new();
+    if !mounts
+        .iter()
+        .any(|m| m.idmap.as_ref().is_some_and(|i| i.outside))
+    {
+        return Ok(Premade(out));
+    }
     for m in mounts {
         let (Some(idmap), MountKind::Bind { source, recursive }) = (&m.idmap, &m.kind) else {
             out.push(None);
@@ -356,5 +362,26 @@ mod tests {
         );
         assert_eq!(a.clear, libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR__ATIME);
         assert!(!a.add("rbogus"));
+    }
+
+    fn id(container: u32, host: u32, size: u32) -> LinuxIdMapping {
+        LinuxIdMappingBuilder::default()
+            .container_id(container)
+            .host_id(host)
+            .size(size)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn host_ids_are_translated_into_the_containers() {
+        let container = [id(0, 1000, 1), id(1, 100000, 65536)];
+        assert_eq!(
+            to_container(&[id(0, 100004, 10), id(50, 1000, 1)], &container),
+            Some(vec![id(0, 5, 10), id(50, 0, 1)])
+        );
+        // Not mapped, or straddling two ranges.
+        assert_eq!(to_container(&[id(0, 7, 1)], &container), None);
+        assert_eq!(to_container(&[id(0, 1000, 2)], &container), None);
     }
 }
