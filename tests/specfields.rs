@@ -209,7 +209,7 @@ fn uptime(text: &str) -> f64 {
 
 #[test]
 fn time_offsets_shift_the_container_clocks() {
-    let b = Bundle::busybox(&["cat", "/proc/uptime"]);
+    let b = Bundle::busybox(&["cat", "/proc/uptime", "/proc/self/timens_offsets"]);
     b.edit(|c| {
         add_namespace(c, "time");
         c["linux"]["timeOffsets"] = json!({
@@ -218,8 +218,19 @@ fn time_offsets_shift_the_container_clocks() {
         });
     });
     let before = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
-    let inside = uptime(&run_ok(&b, "timens"));
+    let out = run_ok(&b, "timens");
     let after = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
+    let inside = uptime(&out);
+    let offsets: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        offsets,
+        [["monotonic", "5000", "0"], ["boottime", "1000000", "0"]],
+        "{out}"
+    );
     assert!(
         inside >= before + 1_000_000.0 && inside <= after + 1_000_000.0,
         "{before} {inside} {after}"

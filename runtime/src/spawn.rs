@@ -262,13 +262,20 @@ fn intermediate(
 }
 
 /// Writes the offsets of the time namespace this process's children will enter.
-/// Only dumpable can we open our own /proc file in a user namespace; no container
-/// process exists yet to see that.
+/// Non-dumpable, our /proc files belong to the host's root: an ordinary user opens
+/// this one during a short dumpable window, before any container process exists.
 fn write_time_offsets(offsets: &str) -> Result<(), SetupFailure> {
     let step = "write linux.timeOffsets to /proc/self/timens_offsets";
-    sys::set_dumpable(true).map_err(|e| failure(step, e))?;
-    let written = std::fs::write("/proc/self/timens_offsets", offsets);
-    sys::set_dumpable(false).map_err(|e| failure(step, e))?;
+    let path = "/proc/self/timens_offsets";
+    let mut written = std::fs::write(path, offsets);
+    if written
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    {
+        sys::set_dumpable(true).map_err(|e| failure(step, e))?;
+        written = std::fs::write(path, offsets);
+        sys::set_dumpable(false).map_err(|e| failure(step, e))?;
+    }
     written.map_err(|e| SetupFailure {
         step: step.into(),
         detail: e.to_string(),
