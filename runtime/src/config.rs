@@ -16,8 +16,11 @@ use crate::caps::CapSets;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::idmap::{self, MapWriter};
+use crate::mountattr;
 use crate::mounts::{self, DevicePlan, MountKind, MountPlan, RootfsPlan};
+use crate::nsfields;
 use crate::overlay::{OverlayPlan, RootfsOverlay};
+use crate::procattrs;
 use crate::process::{self, ProcessPlan, Rlimit};
 use crate::sys;
 
@@ -28,6 +31,8 @@ pub(crate) struct NamespacePlan {
     /// In join order: the user namespace first, so the others are joined with its
     /// capabilities.
     pub join: Vec<(PathBuf, u64)>,
+    /// `linux.timeOffsets` for the new time namespace, in timens_offsets format.
+    pub time_offsets: Option<String>,
 }
 
 impl NamespacePlan {
@@ -54,6 +59,7 @@ pub(crate) struct ContainerConfig {
     pub maps: Option<IdMaps>,
     pub rootfs: RootfsPlan,
     pub hostname: Option<String>,
+    pub domainname: Option<String>,
     pub process: ProcessPlan,
     /// What rcrun will not do for this spec, to tell the user.
     pub warnings: Vec<String>,
@@ -174,7 +180,7 @@ fn id_maps(spec: &Spec, ns: &NamespacePlan) -> Result<Option<IdMaps>> {
     }))
 }
 
-fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
+fn mount_plans(spec: &Spec, bundle: &Path, maps: Option<&IdMaps>) -> Result<Vec<MountPlan>> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination();
@@ -202,6 +208,12 @@ fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
                     dest.display()
                 )));
             }
+            if let Some(unknown) = opts.data.first() {
+                return Err(invalid(format!(
+                    "mount on {}: unknown option {unknown:?} for a bind mount (known: bind, rbind, ro, rw, nosuid, nodev, noexec, the atime options, their recursive r-forms like rro, propagation and idmap/ridmap)",
+                    dest.display()
+                )));
+            }
             MountKind::Bind {
                 source,
                 recursive: opts.bind.unwrap_or(false),
@@ -223,7 +235,10 @@ fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
                     .unwrap_or_else(|| typ.to_string()),
             }
         };
+        let idmap = mountattr::plan(m, opts.idmap, matches!(kind, MountKind::Bind { .. }), maps)?;
         out.push(MountPlan {
+            recursive_attrs: opts.recursive_attrs,
+            idmap,
             dest: mounts::clean_container_path(dest),
             kind,
             flags: opts.flags,
@@ -234,7 +249,35 @@ fn mount_plans(spec: &Spec, bundle: &Path) -> Result<Vec<MountPlan>> {
     Ok(out)
 }
 
-fn device_plans(spec: &Spec, uid: u32, gid: u32) -> Result<Vec<DevicePlan>> {
+/// In a user namespace the device is bound from the host: it must be there, and be
+/// the device the spec names.
+fn check_host_device(d: &DevicePlan) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let shown = d.path.display();
+    let md = std::fs::metadata(&d.path).map_err(|e| {
+        invalid(format!(
+            "linux.devices {shown}: in a user namespace device nodes cannot be created, so rcrun binds the host's {shown}, which cannot be used ({e}); remove the entry or run as root without a user namespace"
+        ))
+    })?;
+    let kind_matches = match d.kind {
+        SFlag::S_IFCHR => md.file_type().is_char_device(),
+        SFlag::S_IFBLK => md.file_type().is_block_device(),
+        _ => md.file_type().is_fifo(),
+    };
+    let rdev = md.rdev();
+    if !kind_matches
+        || (d.kind != SFlag::S_IFIFO
+            && (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)) != (d.major, d.minor))
+    {
+        return Err(invalid(format!(
+            "linux.devices {shown}: in a user namespace rcrun binds the host's {shown}, which is not the device the spec names ({}:{}); fix major/minor/type",
+            d.major, d.minor
+        )));
+    }
+    Ok(())
+}
+
+fn device_plans(spec: &Spec, uid: u32, gid: u32, bind: bool) -> Result<Vec<DevicePlan>> {
     let mut devices = mounts::default_devices(uid, gid);
     for d in spec
         .linux()
@@ -255,7 +298,7 @@ fn device_plans(spec: &Spec, uid: u32, gid: u32) -> Result<Vec<DevicePlan>> {
         };
         let path = mounts::clean_container_path(d.path());
         devices.retain(|existing| existing.path != path);
-        devices.push(DevicePlan {
+        let plan = DevicePlan {
             path,
             kind,
             major: d.major() as u64,
@@ -263,7 +306,11 @@ fn device_plans(spec: &Spec, uid: u32, gid: u32) -> Result<Vec<DevicePlan>> {
             mode: d.file_mode().unwrap_or(0o666),
             uid: d.uid().unwrap_or(uid),
             gid: d.gid().unwrap_or(gid),
-        });
+        };
+        if bind {
+            check_host_device(&plan)?;
+        }
+        devices.push(plan);
     }
     Ok(devices)
 }
@@ -349,6 +396,7 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
         die_with_parent: false,
         preserve_fds: 0,
+        attrs: procattrs::from_spec(spec)?,
     })
 }
 
@@ -386,24 +434,6 @@ fn unsupported_fields(spec: &Spec) -> Vec<String> {
     let process = spec.process().as_ref();
     let named: Vec<&str> = [
         (
-            "domainname",
-            spec.domainname().as_ref().is_some_and(|d| !d.is_empty()),
-        ),
-        (
-            "linux.sysctl",
-            linux
-                .and_then(|l| l.sysctl().as_ref())
-                .is_some_and(|s| !s.is_empty()),
-        ),
-        (
-            "linux.personality",
-            linux.and_then(|l| l.personality().as_ref()).is_some(),
-        ),
-        (
-            "linux.timeOffsets",
-            linux.and_then(|l| l.time_offsets().as_ref()).is_some(),
-        ),
-        (
             "linux.intelRdt",
             linux.and_then(|l| l.intel_rdt().as_ref()).is_some(),
         ),
@@ -418,30 +448,10 @@ fn unsupported_fields(spec: &Spec) -> Vec<String> {
                 .is_some_and(|n| !n.is_empty()),
         ),
         (
-            "linux.mountLabel",
-            linux
-                .and_then(|l| l.mount_label().as_ref())
-                .is_some_and(|m| !m.is_empty()),
-        ),
-        (
             "process.apparmorProfile",
             process
                 .and_then(|p| p.apparmor_profile().as_ref())
                 .is_some_and(|a| !a.is_empty()),
-        ),
-        (
-            "process.selinuxLabel",
-            process
-                .and_then(|p| p.selinux_label().as_ref())
-                .is_some_and(|l| !l.is_empty()),
-        ),
-        (
-            "process.ioPriority",
-            process.and_then(|p| p.io_priority().as_ref()).is_some(),
-        ),
-        (
-            "process.scheduler",
-            process.and_then(|p| p.scheduler().as_ref()).is_some(),
         ),
         (
             "process.execCPUAffinity",
@@ -486,7 +496,8 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         return Err(invalid("root.path contains a NUL byte"));
     }
 
-    let namespaces = namespaces(&spec)?;
+    let mut namespaces = namespaces(&spec)?;
+    namespaces.time_offsets = nsfields::time_offsets(&spec, &namespaces)?;
     let in_userns =
         namespaces.creates(libc::CLONE_NEWUSER) || namespaces.joins(libc::CLONE_NEWUSER);
     if !Uid::effective().is_root() && !in_userns {
@@ -510,10 +521,11 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
             return Err(invalid(format!("hostname {h:?} is longer than 64 bytes")));
         }
     }
+    let domainname = nsfields::domainname(&spec, &namespaces)?;
     let maps = id_maps(&spec, &namespaces)?;
     let process = process_plan(&spec)?;
     let linux = spec.linux().clone().unwrap_or_default();
-    let mounts = mount_plans(&spec, &bundle)?;
+    let mounts = mount_plans(&spec, &bundle, maps.as_ref())?;
     let populate_dev = mounts
         .iter()
         .any(|m| m.dest == Path::new("/dev") && !matches!(m.kind, MountKind::Bind { .. }));
@@ -525,7 +537,10 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
                 | MsFlags::MS_REC
         }
     };
+    // mknod needs host root; in any user namespace (podman's rootless one too) bind.
+    let bind_devices = in_userns || !sys::host_root();
     let rootfs_plan = RootfsPlan {
+        share_root_after_pivot: root_propagation.contains(MsFlags::MS_SHARED),
         rootfs,
         overlay: overlay
             .map(|o| OverlayPlan::new(o, in_userns))
@@ -533,8 +548,8 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         root_propagation,
         mounts,
         populate_dev,
-        devices: device_plans(&spec, 0, 0)?,
-        bind_devices: in_userns || !sys::host_root(),
+        devices: device_plans(&spec, 0, 0, bind_devices)?,
+        bind_devices,
         no_pivot: false,
         masked: linux
             .masked_paths()
@@ -549,6 +564,7 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
             .map(|p| mounts::clean_container_path(Path::new(p)))
             .collect(),
         readonly_root: root.readonly().unwrap_or(false),
+        sysctl: nsfields::sysctls(&spec, &namespaces)?,
         cwd: process.cwd.clone(),
     };
     if spec
@@ -563,7 +579,14 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         ));
     }
     hooks::validate(&spec)?;
-    let warnings = unsupported_fields(&spec);
+    let mut warnings = unsupported_fields(&spec);
+    if !rootfs_plan.populate_dev && linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        warnings.push(
+            "linux.devices ignored: rcrun creates devices only in a /dev that the spec mounts (type tmpfs), and this spec mounts none"
+                .into(),
+        );
+    }
+    nsfields::selinux_labels(&spec, &mut warnings)?;
     Ok(ContainerConfig {
         spec,
         bundle,
@@ -571,6 +594,7 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         maps,
         rootfs: rootfs_plan,
         hostname,
+        domainname,
         process,
         warnings,
         new_session_keyring: true,

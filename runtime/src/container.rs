@@ -22,11 +22,12 @@ use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
 use crate::hooks::{self, HookState};
 use crate::monitor::{self, BlockedSignals};
+use crate::mountattr::{self, Premade};
 use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
-use crate::{mounts, sys, tty};
+use crate::{mounts, nsfields, sys, tty};
 
 /// Where a runtime keeps its containers' state.
 #[derive(Debug, Clone)]
@@ -184,7 +185,13 @@ fn report_ready(
 
 /// The container's init: namespaces are set; build the rootfs, prepare the
 /// process, report Ready, wait for the gate, exec.
-fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channel) -> SetupFailure {
+fn init_body(
+    cfg: &ContainerConfig,
+    premade: &Premade,
+    gate: &Gate,
+    mask: &SigSet,
+    channel: &Channel,
+) -> SetupFailure {
     // The state for startContainer hooks, when the spec has any hooks run in setup.
     let mut start_hooks = None;
     let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
@@ -202,7 +209,10 @@ fn init_body(cfg: &ContainerConfig, gate: &Gate, mask: &SigSet, channel: &Channe
         if let Some(h) = &cfg.hostname {
             mounts::set_hostname(h)?;
         }
-        mounts::setup_rootfs(&cfg.rootfs, || {
+        if let Some(d) = &cfg.domainname {
+            nsfields::set_domainname(d)?;
+        }
+        mounts::setup_rootfs(&cfg.rootfs, premade, || {
             start_hooks = hooks::pause(channel, &cfg.spec)?;
             Ok(())
         })?;
@@ -384,12 +394,14 @@ impl Runtime {
     ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
         let (dir, mut rollback) = self.new_container_dir(id)?;
         let gate = gate(&dir)?;
+        // Idmapped mounts of host filesystems can only be made here, as root.
+        let premade = mountattr::premake(&cfg.rootfs.mounts)?;
         let mask = signals.original;
         let spawned = spawn::spawn(
             &cfg.namespaces,
             cfg.maps.as_ref(),
             cfg.process.oom_score_adj,
-            |ch| init_body(cfg, &gate, &mask, ch),
+            |ch| init_body(cfg, &premade, &gate, &mask, ch),
         )?;
         let state = HookState::new(&cfg.spec, id, spawned.pid, &cfg.bundle, Status::Creating);
         rollback.1 = hooks::Poststop::new(&cfg.spec, state.clone());

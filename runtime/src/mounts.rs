@@ -16,6 +16,8 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use crate::error::{FailureKind, SetupFailure};
+use crate::mountattr::{self, Idmap, Premade, RecursiveAttrs};
+use crate::nsfields;
 use crate::overlay::OverlayPlan;
 use crate::sys;
 
@@ -41,6 +43,10 @@ pub(crate) struct MountPlan {
     pub flags: MsFlags,
     pub propagation: Vec<MsFlags>,
     pub data: Option<String>,
+    /// `rro`, `rnosuid`, ...: applied to the mount and its submounts.
+    pub recursive_attrs: RecursiveAttrs,
+    /// An idmapped bind mount.
+    pub idmap: Option<Idmap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,8 @@ pub(crate) struct RootfsPlan {
     pub overlay: Option<OverlayPlan>,
     /// Applied recursively to `/` first, so nothing done here reaches the host.
     pub root_propagation: MsFlags,
+    /// A shared root: pivot_root refuses one, so it is shared again after the pivot.
+    pub share_root_after_pivot: bool,
     pub mounts: Vec<MountPlan>,
     /// Populate `/dev` (devices and the standard symlinks): the spec mounts a tmpfs there.
     pub populate_dev: bool,
@@ -72,6 +80,8 @@ pub(crate) struct RootfsPlan {
     pub masked: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub readonly_root: bool,
+    /// `linux.sysctl`: (path under /proc/sys, value).
+    pub sysctl: Vec<(PathBuf, String)>,
     pub cwd: PathBuf,
 }
 
@@ -82,6 +92,9 @@ pub(crate) struct MountOptions {
     /// `Some(recursive)` for `bind`/`rbind`.
     pub bind: Option<bool>,
     pub data: Vec<String>,
+    pub recursive_attrs: RecursiveAttrs,
+    /// `Some(recursive)` for `idmap`/`ridmap`.
+    pub idmap: Option<bool>,
 }
 
 /// Splits fstab-style options into mount flags, propagation changes and fs data.
@@ -91,6 +104,8 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
         propagation: Vec::new(),
         bind: None,
         data: Vec::new(),
+        recursive_attrs: RecursiveAttrs::default(),
+        idmap: None,
     };
     for opt in options {
         let (set, clear) = match opt.as_str() {
@@ -127,7 +142,18 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
                 continue;
             }
             "defaults" | "tmpcopyup" => continue,
+            "idmap" => {
+                out.idmap = Some(out.idmap.unwrap_or(false));
+                continue;
+            }
+            "ridmap" => {
+                out.idmap = Some(true);
+                continue;
+            }
             other => {
+                if out.recursive_attrs.add(other) {
+                    continue;
+                }
                 if let Some(p) = propagation_flag(other) {
                     out.propagation.push(p);
                 } else {
@@ -321,7 +347,7 @@ fn bind(source: &Path, target: &str, recursive: bool) -> nix::Result<()> {
     mount(Some(source), target, None::<&str>, flags, None::<&str>)
 }
 
-fn do_mount(root: &OwnedFd, m: &MountPlan) -> Result<(), SetupFailure> {
+fn do_mount(root: &OwnedFd, m: &MountPlan, premade: Option<&OwnedFd>) -> Result<(), SetupFailure> {
     let dest = m.dest.display();
     let is_file = match &m.kind {
         MountKind::Bind { source, .. } => std::fs::metadata(source)
@@ -340,8 +366,25 @@ fn do_mount(root: &OwnedFd, m: &MountPlan) -> Result<(), SetupFailure> {
     let mut remount = None;
     match &m.kind {
         MountKind::Bind { source, recursive } => {
-            bind(source, &tpath, *recursive)
-                .map_err(|e| failure(format!("bind mount {} on {dest}", source.display()), e))?;
+            let idmapped = match (premade, &m.idmap) {
+                (Some(tree), _) => Some(mountattr::attach(tree, &target)),
+                (None, Some(idmap)) => Some(
+                    mountattr::idmapped_tree(&cpath(source), *recursive, idmap)
+                        .and_then(|tree| mountattr::attach(&tree, &target)),
+                ),
+                (None, None) => None,
+            };
+            if let Some(result) = idmapped {
+                result.map_err(|detail| SetupFailure {
+                    step: format!("idmapped bind mount {} on {dest}", source.display()),
+                    detail,
+                    kind: FailureKind::Setup,
+                })?;
+            } else {
+                bind(source, &tpath, *recursive).map_err(|e| {
+                    failure(format!("bind mount {} on {dest}", source.display()), e)
+                })?;
+            }
             remount = Some(m.flags & REMOUNT_FLAGS).filter(|f| !f.is_empty());
         }
         MountKind::Fs { fstype, source } => {
@@ -398,13 +441,21 @@ fn do_mount(root: &OwnedFd, m: &MountPlan) -> Result<(), SetupFailure> {
     }
     // The fd we mounted through still points at the directory underneath: reopen the
     // path to land on the new mount before changing its flags or propagation.
-    if remount.is_some() || !m.propagation.is_empty() {
+    if remount.is_some() || !m.propagation.is_empty() || !m.recursive_attrs.is_empty() {
         let top = sys::open_in_root(root, &cpath(&m.dest), libc::O_PATH, 0)
             .map_err(|e| failure(format!("reopen mount {dest}"), e))?;
         let top_path = sys::fd_path(&top);
         if let Some(flags) = remount {
             remount_bind(&top_path, flags)
                 .map_err(|e| failure(format!("remount {dest} with its options"), e))?;
+        }
+        if !m.recursive_attrs.is_empty() {
+            mountattr::apply_recursive(&top, m.recursive_attrs).map_err(|e| {
+                failure(
+                    format!("set the recursive options (rro, rnosuid, ...) of {dest}"),
+                    e,
+                )
+            })?;
         }
         for p in &m.propagation {
             mount(
@@ -443,7 +494,17 @@ fn populate_dev(root: &OwnedFd, plan: &RootfsPlan) -> Result<(), SetupFailure> {
             Mode::from_bits_truncate(dev.mode),
             dev_t,
         ) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => {
+                // mknod applied the umask; the spec's fileMode is exact.
+                nix::sys::stat::fchmodat(
+                    &parent,
+                    name,
+                    Mode::from_bits_truncate(dev.mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| failure(format!("chmod {shown}"), e))?;
+            }
+            Err(Errno::EEXIST) => {}
             Err(e) => return Err(failure(format!("mknod {shown}"), e)),
         }
         nix::unistd::fchownat(
@@ -477,6 +538,43 @@ fn populate_dev(root: &OwnedFd, plan: &RootfsPlan) -> Result<(), SetupFailure> {
         }
     }
     Ok(())
+}
+
+fn is_mount_root(path: &Path) -> bool {
+    // SAFETY: statx into a zeroed local.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let c = cpath(path);
+    // SAFETY: valid C string and buffer.
+    let ret = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut st,
+        )
+    };
+    ret == 0 && st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+}
+
+/// Makes the mount holding `rootfs` (the bind of it inherits its propagation)
+/// private, as pivot_root needs when `/` was made shared.
+fn make_enclosing_mount_private(rootfs: &Path) -> Result<(), SetupFailure> {
+    let mut dir = rootfs;
+    while !is_mount_root(dir) {
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => break,
+        }
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| failure(format!("make {} private for pivot_root", dir.display()), e))
 }
 
 fn pivot(rootfs: &Path, no_pivot: bool) -> Result<(), SetupFailure> {
@@ -523,19 +621,26 @@ fn make_readonly(path: &Path) -> Result<(), SetupFailure> {
 /// `before_pivot` runs once the mounts are in place (the createContainer hooks' point).
 pub(crate) fn setup_rootfs(
     plan: &RootfsPlan,
+    premade: &Premade,
     before_pivot: impl FnOnce() -> Result<(), SetupFailure>,
 ) -> Result<(), SetupFailure> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        plan.root_propagation,
-        None::<&str>,
-    )
-    .map_err(|e| failure("set propagation of /", e))?;
+    let propagate_root = |step: &str| {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            plan.root_propagation,
+            None::<&str>,
+        )
+        .map_err(|e| failure(step, e))
+    };
+    propagate_root("set propagation of /")?;
     // After the propagation change: as root the overlay must not reach the host.
     if let Some(overlay) = &plan.overlay {
         overlay.mount(&plan.rootfs)?;
+    }
+    if plan.share_root_after_pivot {
+        make_enclosing_mount_private(&plan.rootfs)?;
     }
     bind(&plan.rootfs, &plan.rootfs.to_string_lossy(), true).map_err(|e| {
         failure(
@@ -549,8 +654,8 @@ pub(crate) fn setup_rootfs(
         Mode::empty(),
     )
     .map_err(|e| failure(format!("open the rootfs {}", plan.rootfs.display()), e))?;
-    for m in &plan.mounts {
-        do_mount(&root, m)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        do_mount(&root, m, premade.get(i))?;
     }
     if plan.populate_dev {
         populate_dev(&root, plan)?;
@@ -558,10 +663,15 @@ pub(crate) fn setup_rootfs(
     drop(root);
     before_pivot()?;
     pivot(&plan.rootfs, plan.no_pivot)?;
+    if plan.share_root_after_pivot {
+        propagate_root("share the container's root (linux.rootfsPropagation)")?;
+    }
     if plan.cwd != Path::new("/") {
         // Like docker's WORKDIR, a missing working directory is created.
         let _ = std::fs::create_dir_all(&plan.cwd);
     }
+    // Through the container's own /proc, before readonlyPaths covers /proc/sys.
+    nsfields::write_sysctls(&plan.sysctl)?;
     for path in &plan.masked {
         mask(path)?;
     }

@@ -14,6 +14,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::caps::{self, CapSets};
 use crate::error::{FailureKind, SetupFailure};
+use crate::procattrs::{self, ProcessAttrs};
 use crate::sys;
 
 pub(crate) const DEFAULT_PATH: &str =
@@ -50,6 +51,7 @@ pub(crate) struct ProcessPlan {
     pub die_with_parent: bool,
     /// rcrun's fds 3..3+N stay open in the process (`--preserve-fds`).
     pub preserve_fds: u32,
+    pub attrs: ProcessAttrs,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -335,6 +337,7 @@ pub(crate) fn switch_user(plan: &ProcessPlan) -> Result<(), SetupFailure> {
 /// Returns the path to exec.
 pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
     apply_limits(plan)?;
+    procattrs::apply(&plan.attrs)?;
     nix::unistd::chdir(&plan.cwd).map_err(|e| {
         failure(
             format!("chdir to the working directory {}", plan.cwd.display()),
@@ -423,6 +426,7 @@ mod tests {
             die_with_parent: false,
             preserve_fds: 0,
             console_size: None,
+            attrs: ProcessAttrs::default(),
         }
     }
 

@@ -95,7 +95,9 @@ pub(crate) fn spawn(
         .collect::<Result<_>>()?;
     let new_user = ns.creates(libc::CLONE_NEWUSER);
 
-    if join.is_empty() {
+    // Time offsets must be written before the init enters its time namespace:
+    // only the intermediate path has a process to write them from.
+    if join.is_empty() && ns.time_offsets.is_none() {
         let pid = match sys::clone3(ns.create).map_err(|e| clone_error(e, ns.create))? {
             None => {
                 drop(parent);
@@ -228,6 +230,11 @@ fn intermediate(
     {
         return failure("create the container's namespaces", e);
     }
+    if let Some(offsets) = &ns.time_offsets
+        && let Err(f) = write_time_offsets(offsets)
+    {
+        return f;
+    }
     // The container's process shares the channel with this one: it must not report
     // (Ready, Failed) before InitPid is sent, or rcrun would read them out of order. It
     // waits for EOF on this pipe, which comes when this process exits after InitPid.
@@ -252,6 +259,28 @@ fn intermediate(
             unsafe { libc::_exit(0) }
         }
     }
+}
+
+/// Writes the offsets of the time namespace this process's children will enter.
+/// Non-dumpable, our /proc files belong to the host's root: an ordinary user opens
+/// this one during a short dumpable window, before any container process exists.
+fn write_time_offsets(offsets: &str) -> Result<(), SetupFailure> {
+    let step = "write linux.timeOffsets to /proc/self/timens_offsets";
+    let path = "/proc/self/timens_offsets";
+    let mut written = std::fs::write(path, offsets);
+    if written
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    {
+        sys::set_dumpable(true).map_err(|e| failure(step, e))?;
+        written = std::fs::write(path, offsets);
+        sys::set_dumpable(false).map_err(|e| failure(step, e))?;
+    }
+    written.map_err(|e| SetupFailure {
+        step: step.into(),
+        detail: e.to_string(),
+        kind: FailureKind::Setup,
+    })
 }
 
 pub(crate) fn ns_name(flag: u64) -> &'static str {

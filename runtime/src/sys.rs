@@ -134,7 +134,7 @@ pub(crate) fn process_state(pid: i32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-fn fd_result(ret: libc::c_long) -> nix::Result<OwnedFd> {
+pub(crate) fn fd_result(ret: libc::c_long) -> nix::Result<OwnedFd> {
     let fd = Errno::result(ret)? as RawFd;
     // SAFETY: the kernel just gave us this fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
