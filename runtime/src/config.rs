@@ -88,7 +88,7 @@ pub(crate) fn read_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     })?;
     let spec = serde_json::from_slice(&text).map_err(|e| Error::Config {
         path: bundle.clone(),
-        reason: e.to_string(),
+        reason: crate::seccomp::explain_parse_error(&text).unwrap_or_else(|| e.to_string()),
     })?;
     Ok((bundle, spec))
 }
@@ -341,6 +341,7 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         terminal: p.terminal().unwrap_or(false),
         runtime_exe: sys::file_id(Path::new("/proc/self/exe")),
         die_with_parent: false,
+        seccomp: crate::seccomp::compile(spec)?,
     })
 }
 
@@ -543,17 +544,6 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         readonly_root: root.readonly().unwrap_or(false),
         cwd: process.cwd.clone(),
     };
-    if spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .is_some()
-    {
-        // Fail closed: a filter the user asked for must not silently go missing.
-        return Err(invalid(
-            "linux.seccomp is set, but rcrun cannot apply seccomp filters yet; remove it to run without a filter",
-        ));
-    }
     let warnings = unsupported_fields(&spec);
     Ok(ContainerConfig {
         spec,

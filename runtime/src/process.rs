@@ -14,7 +14,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::caps::{self, CapSets};
 use crate::error::{FailureKind, SetupFailure};
-use crate::sys;
+use crate::{seccomp, sys};
 
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -46,6 +46,8 @@ pub(crate) struct ProcessPlan {
     pub runtime_exe: Option<(u64, u64)>,
     /// SIGKILL the process when rcrun (its parent) dies.
     pub die_with_parent: bool,
+    /// linux.seccomp, compiled.
+    pub seccomp: Option<seccomp::Program>,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -339,6 +341,11 @@ pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
     })?;
     let exe = resolve_executable(plan)?;
     guard_runtime_binary(&exe, plan)?;
+    // Without no_new_privs loading a filter needs CAP_SYS_ADMIN, which the
+    // container's capabilities may lack: load it while we still have all (as runc).
+    if let Some(program) = plan.seccomp.as_ref().filter(|_| !plan.no_new_privileges) {
+        seccomp::load(program)?;
+    }
     switch_user(plan)?;
     Ok(CString::new(exe.as_os_str().as_bytes()).unwrap_or_default())
 }
@@ -377,6 +384,13 @@ pub(crate) fn exec(plan: &ProcessPlan, exe: &CString, original_mask: &SigSet) ->
         return failure("mark inherited file descriptors close-on-exec", e);
     }
     reset_signals(original_mask);
+    // Last, so that the filter constrains the user's program and as little of ours as
+    // possible (no_new_privs lets an unprivileged process load it).
+    if let Some(program) = plan.seccomp.as_ref().filter(|_| plan.no_new_privileges)
+        && let Err(f) = seccomp::load(program)
+    {
+        return f;
+    }
     let err = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
     SetupFailure {
         step: format!("exec {}", exe.to_string_lossy()),
@@ -411,6 +425,7 @@ mod tests {
             terminal: false,
             runtime_exe: None,
             die_with_parent: false,
+            seccomp: None,
         }
     }
 

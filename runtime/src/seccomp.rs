@@ -1,0 +1,515 @@
+//! Seccomp: `linux.seccomp` of config.json is compiled to a BPF program in rcrun's
+//! own process (with libseccomp, at config-load time, so every bad input is an error
+//! before any process exists) and loaded as raw BPF with seccomp(2) in the
+//! container's process: no libseccomp code runs after fork.
+
+use std::io::{Read, Seek};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::str::FromStr;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use nix::errno::Errno;
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, FailureKind, Result, SetupFailure};
+
+const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+
+/// The actions of the runtime spec.
+const ACTIONS: [&str; 8] = [
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_TRAP",
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_TRACE",
+    "SCMP_ACT_ALLOW",
+    "SCMP_ACT_LOG",
+];
+
+const OPERATORS: [&str; 7] = [
+    "SCMP_CMP_NE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+];
+
+const ARCHS: [&str; 23] = [
+    "SCMP_ARCH_X86",
+    "SCMP_ARCH_X86_64",
+    "SCMP_ARCH_X32",
+    "SCMP_ARCH_ARM",
+    "SCMP_ARCH_AARCH64",
+    "SCMP_ARCH_LOONGARCH64",
+    "SCMP_ARCH_M68K",
+    "SCMP_ARCH_MIPS",
+    "SCMP_ARCH_MIPS64",
+    "SCMP_ARCH_MIPS64N32",
+    "SCMP_ARCH_MIPSEL",
+    "SCMP_ARCH_MIPSEL64",
+    "SCMP_ARCH_MIPSEL64N32",
+    "SCMP_ARCH_PPC",
+    "SCMP_ARCH_PPC64",
+    "SCMP_ARCH_PPC64LE",
+    "SCMP_ARCH_S390",
+    "SCMP_ARCH_S390X",
+    "SCMP_ARCH_PARISC",
+    "SCMP_ARCH_PARISC64",
+    "SCMP_ARCH_RISCV64",
+    "SCMP_ARCH_SH",
+    "SCMP_ARCH_SHEB",
+];
+
+/// The filter flags of the runtime spec, with their seccomp(2) bits.
+const FLAGS: [(&str, libc::c_ulong); 4] = [
+    ("SECCOMP_FILTER_FLAG_TSYNC", 1),
+    ("SECCOMP_FILTER_FLAG_LOG", 2),
+    ("SECCOMP_FILTER_FLAG_SPEC_ALLOW", 4),
+    ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", 32),
+];
+
+/// A compiled filter, ready for seccomp(2).
+#[derive(Clone)]
+pub(crate) struct Program {
+    filter: Vec<libc::sock_filter>,
+    flags: libc::c_ulong,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Program({} instructions, flags {:#x})",
+            self.filter.len(),
+            self.flags
+        )
+    }
+}
+
+/// `linux.seccomp` as the runtime spec writes it; enums stay strings so that an
+/// error can name the exact entry.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Profile {
+    default_action: String,
+    default_errno_ret: Option<u32>,
+    architectures: Option<Vec<String>>,
+    flags: Option<Vec<String>>,
+    syscalls: Option<Vec<SyscallRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SyscallRule {
+    names: Option<Vec<String>>,
+    action: String,
+    errno_ret: Option<u32>,
+    args: Option<Vec<Arg>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Arg {
+    index: u64,
+    value: u64,
+    value_two: Option<u64>,
+    op: String,
+}
+
+/// What rcrun supports, in the runtime spec's `features` terms (`linux.seccomp`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompFeatures {
+    pub enabled: bool,
+    pub actions: Vec<String>,
+    pub operators: Vec<String>,
+    pub archs: Vec<String>,
+    pub known_flags: Vec<String>,
+    /// The known flags this kernel accepts.
+    pub supported_flags: Vec<String>,
+}
+
+/// The seccomp part of `rcrun oci features`.
+pub fn seccomp_features() -> SeccompFeatures {
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    SeccompFeatures {
+        enabled: true,
+        actions: strings(&ACTIONS),
+        operators: strings(&OPERATORS),
+        archs: strings(&ARCHS),
+        known_flags: FLAGS.iter().map(|(n, _)| n.to_string()).collect(),
+        supported_flags: FLAGS
+            .iter()
+            .filter(|(_, bit)| kernel_accepts_flag(*bit))
+            .map(|(n, _)| n.to_string())
+            .collect(),
+    }
+}
+
+/// Compiles and checks a `linux.seccomp` object given as JSON (an OCI profile), as
+/// `create` would: for callers that build specs and want the error early.
+pub fn check_seccomp(profile: &Value) -> std::result::Result<(), String> {
+    compile_value(profile).map(drop)
+}
+
+/// Whether seccomp(2) knows `flag`: with a NULL program it fails with EFAULT for a
+/// known flag and EINVAL for an unknown one, and loads nothing.
+fn kernel_accepts_flag(flag: libc::c_ulong) -> bool {
+    // SAFETY: a NULL program is never dereferenced by a successful call: there is none.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flag,
+            std::ptr::null::<libc::c_void>(),
+        )
+    };
+    ret == -1 && Errno::last() == Errno::EFAULT
+}
+
+/// The program for a spec's `linux.seccomp`, if it has one.
+pub(crate) fn compile(spec: &Spec) -> Result<Option<Program>> {
+    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let value = serde_json::to_value(seccomp)
+        .map_err(|e| Error::InvalidConfig(format!("linux.seccomp: {e}")))?;
+    compile_value(&value)
+        .map(Some)
+        .map_err(Error::InvalidConfig)
+}
+
+/// When config.json does not parse: the precise complaint about its `linux.seccomp`,
+/// naming the entry, if that is where the problem is.
+pub(crate) fn explain_parse_error(config_json: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(config_json).ok()?;
+    let seccomp = value.get("linux")?.get("seccomp")?;
+    compile_value(seccomp).err()
+}
+
+fn action(name: &str, errno_ret: Option<u32>, path: &str) -> Result<ScmpAction, String> {
+    let errno = errno_ret.unwrap_or(libc::EPERM as u32);
+    let errno_in_range = |kind: &str| {
+        u16::try_from(errno)
+            .map_err(|_| format!("{path}: the {kind} value {errno} is out of range (0 to 65535)"))
+    };
+    Ok(match name {
+        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
+        "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
+        "SCMP_ACT_TRAP" => ScmpAction::Trap,
+        "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno_in_range("errnoRet")? as i32),
+        "SCMP_ACT_TRACE" => ScmpAction::Trace(errno_in_range("errnoRet")?),
+        "SCMP_ACT_ALLOW" => ScmpAction::Allow,
+        "SCMP_ACT_LOG" => ScmpAction::Log,
+        "SCMP_ACT_NOTIFY" => {
+            return Err(format!(
+                "{path}: SCMP_ACT_NOTIFY (a user-space seccomp agent) is not supported by rcrun; use another action"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{path}: unknown action {other:?} (use one of {})",
+                ACTIONS.join(", ")
+            ));
+        }
+    })
+}
+
+fn condition(arg: &Arg, path: &str) -> Result<ScmpArgCompare, String> {
+    if arg.index > 5 {
+        return Err(format!(
+            "{path}.index is {}: a syscall has arguments 0 to 5",
+            arg.index
+        ));
+    }
+    let op = match arg.op.as_str() {
+        "SCMP_CMP_NE" => ScmpCompareOp::NotEqual,
+        "SCMP_CMP_LT" => ScmpCompareOp::Less,
+        "SCMP_CMP_LE" => ScmpCompareOp::LessOrEqual,
+        "SCMP_CMP_EQ" => ScmpCompareOp::Equal,
+        "SCMP_CMP_GE" => ScmpCompareOp::GreaterEqual,
+        "SCMP_CMP_GT" => ScmpCompareOp::Greater,
+        // value is the mask, valueTwo what the masked argument must equal.
+        "SCMP_CMP_MASKED_EQ" => {
+            return Ok(ScmpArgCompare::new(
+                arg.index as u32,
+                ScmpCompareOp::MaskedEqual(arg.value),
+                arg.value_two.unwrap_or(0),
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{path}.op: unknown operator {other:?} (use one of {})",
+                OPERATORS.join(", ")
+            ));
+        }
+    };
+    Ok(ScmpArgCompare::new(arg.index as u32, op, arg.value))
+}
+
+fn compile_value(value: &Value) -> Result<Program, String> {
+    let profile: Profile =
+        serde_json::from_value(value.clone()).map_err(|e| format!("linux.seccomp: {e}"))?;
+    let default = action(
+        &profile.default_action,
+        profile.default_errno_ret,
+        "linux.seccomp.defaultAction",
+    )?;
+    let lib = |what: String| move |e: libseccomp::error::SeccompError| format!("{what}: {e}");
+    let mut ctx = ScmpFilterContext::new(default).map_err(lib("linux.seccomp".into()))?;
+    for (i, name) in profile.architectures.iter().flatten().enumerate() {
+        let path = format!("linux.seccomp.architectures[{i}]");
+        let arch = ARCHS
+            .contains(&name.as_str())
+            .then(|| ScmpArch::from_str(name).ok())
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "{path}: unknown architecture {name:?} (use one of {})",
+                    ARCHS.join(", ")
+                )
+            })?;
+        ctx.add_arch(arch).map_err(lib(path))?;
+    }
+    let mut flags = 0;
+    for (i, name) in profile.flags.iter().flatten().enumerate() {
+        let path = format!("linux.seccomp.flags[{i}]");
+        let (_, bit) = FLAGS.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            let known: Vec<&str> = FLAGS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "{path}: unknown flag {name:?} (use one of {})",
+                known.join(", ")
+            )
+        })?;
+        if !kernel_accepts_flag(*bit) {
+            return Err(format!("{path}: this kernel does not support {name}"));
+        }
+        flags |= bit;
+    }
+    for (i, rule) in profile.syscalls.iter().flatten().enumerate() {
+        let path = format!("linux.seccomp.syscalls[{i}]");
+        let names = rule.names.as_deref().unwrap_or_default();
+        if names.is_empty() {
+            return Err(format!(
+                "{path}.names is empty: list the syscalls the rule is for"
+            ));
+        }
+        let act = action(&rule.action, rule.errno_ret, &format!("{path}.action"))?;
+        let args = rule.args.as_deref().unwrap_or_default();
+        let conditions = args
+            .iter()
+            .enumerate()
+            .map(|(j, a)| condition(a, &format!("{path}.args[{j}]")))
+            .collect::<Result<Vec<_>, String>>()?;
+        if let Some(j) = names.iter().position(|n| n.is_empty()) {
+            return Err(format!("{path}.names[{j}] is empty"));
+        }
+        // libseccomp refuses a rule that repeats the default action; it is a no-op.
+        if act == default {
+            continue;
+        }
+        // As runc: conditions on distinct arguments must all hold; several on one
+        // argument are alternatives, one rule each.
+        let mut indexes: Vec<u64> = args.iter().map(|a| a.index).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let alternatives: Vec<Vec<ScmpArgCompare>> = if indexes.len() < args.len() {
+            conditions.iter().map(|c| vec![*c]).collect()
+        } else {
+            vec![conditions]
+        };
+        for name in names {
+            // Profiles list syscalls of newer kernels than libseccomp knows: skipped.
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            for conds in &alternatives {
+                ctx.add_rule_conditional(act, syscall, conds)
+                    .map_err(lib(format!("{path}: syscall {name}")))?;
+            }
+        }
+    }
+    let filter = export(&ctx).map_err(|e| format!("linux.seccomp: export the filter: {e}"))?;
+    Ok(Program { filter, flags })
+}
+
+/// The filter as the kernel's sock_filter array (libseccomp 2.5 exports to an fd only).
+fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<libc::sock_filter>, String> {
+    // SAFETY: memfd_create with a constant NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"rcrun-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", Errno::last()));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    ctx.export_bpf(&file).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    let size = std::mem::size_of::<libc::sock_filter>();
+    if bytes.is_empty() || bytes.len() % size != 0 || bytes.len() / size > u16::MAX as usize {
+        return Err(format!("unexpected program size {} bytes", bytes.len()));
+    }
+    Ok(bytes
+        .chunks_exact(size)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
+}
+
+/// Loads the program into the calling process (in the container, before execve).
+/// Without no_new_privs this needs CAP_SYS_ADMIN in the process's user namespace.
+pub(crate) fn load(program: &Program) -> Result<(), SetupFailure> {
+    let prog = libc::sock_fprog {
+        len: program.filter.len() as u16,
+        filter: program.filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at a filter that lives until the call returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            program.flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(ret).map(drop).map_err(|e| SetupFailure {
+        step: "load the seccomp filter".into(),
+        detail: match e {
+            Errno::EACCES => {
+                "permission denied: without process.noNewPrivileges it needs CAP_SYS_ADMIN".into()
+            }
+            e => e.desc().to_string(),
+        },
+        kind: FailureKind::Setup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(profile: Value) -> String {
+        compile_value(&profile).unwrap_err()
+    }
+
+    #[test]
+    fn a_typical_profile_compiles() {
+        let p = compile_value(&json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 38,
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+            "syscalls": [
+                {"names": ["read", "write", "no_such_syscall_yet"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"},
+                          {"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 0x7e020000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5},
+                {"names": ["kill"], "action": "SCMP_ACT_KILL_PROCESS"},
+                {"names": ["getpid"], "action": "SCMP_ACT_TRACE"},
+                {"names": ["getppid"], "action": "SCMP_ACT_LOG"},
+                {"names": ["getuid"], "action": "SCMP_ACT_TRAP"},
+                {"names": ["getgid"], "action": "SCMP_ACT_KILL"},
+                // The default action again: accepted, and a no-op.
+                {"names": ["acct"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(p.flags, 2);
+        // Three architectures' checks and the rules: far more than a bare filter.
+        let bare = compile_value(&json!({"defaultAction": "SCMP_ACT_ALLOW"})).unwrap();
+        assert!(p.filter.len() > bare.filter.len() + 20, "{p:?} vs {bare:?}");
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let e = err(json!({"defaultAction": "SCMP_ACT_EXPLODE"}));
+        assert!(
+            e.contains("linux.seccomp.defaultAction") && e.contains("SCMP_ACT_EXPLODE"),
+            "{e}"
+        );
+        let e = err(
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86", "SCMP_ARCH_VAX"]}),
+        );
+        assert!(
+            e.contains("architectures[1]") && e.contains("SCMP_ARCH_VAX"),
+            "{e}"
+        );
+        let e =
+            err(json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_NOPE"]}));
+        assert!(
+            e.contains("flags[0]") && e.contains("SECCOMP_FILTER_FLAG_NOPE"),
+            "{e}"
+        );
+        let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}]}));
+        assert!(e.contains("syscalls[1].args[0].index is 6"), "{e}");
+        let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 1, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]}));
+        assert!(
+            e.contains("syscalls[0].args[0].op") && e.contains("SCMP_CMP_ALMOST"),
+            "{e}"
+        );
+        let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": [], "action": "SCMP_ACT_ERRNO"}]}));
+        assert!(e.contains("syscalls[0].names is empty"), "{e}");
+        let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]}));
+        assert!(
+            e.contains("syscalls[0].action") && e.contains("70000"),
+            "{e}"
+        );
+        let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}));
+        assert!(e.contains("SCMP_ACT_NOTIFY"), "{e}");
+        let e = err(json!({"syscalls": []}));
+        assert!(e.contains("defaultAction"), "{e}");
+    }
+
+    #[test]
+    fn a_parse_error_of_config_json_is_explained_by_its_seccomp_entry() {
+        let config = json!({"ociVersion": "1.0.2", "linux": {"seccomp": {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_BOOM"}]}}});
+        let e = explain_parse_error(config.to_string().as_bytes()).unwrap();
+        assert!(e.contains("syscalls[0].action"), "{e}");
+        let fine = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}});
+        assert_eq!(explain_parse_error(fine.to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn features_list_what_the_compiler_accepts() {
+        let f = seccomp_features();
+        for a in &f.actions {
+            action(a, None, "x").unwrap();
+        }
+        for arch in &f.archs {
+            ScmpArch::from_str(arch).unwrap();
+        }
+        // Every kernel rcrun runs on has SECCOMP_FILTER_FLAG_TSYNC (3.17).
+        assert!(
+            f.supported_flags
+                .iter()
+                .any(|s| s == "SECCOMP_FILTER_FLAG_TSYNC")
+        );
+    }
+}
