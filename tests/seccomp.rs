@@ -3,7 +3,12 @@
 
 mod common;
 
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+
 use common::{Bundle, Env, stderr, stdout};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use serde_json::{Value, json};
 
 /// A denylist: everything is allowed but `rules`.
@@ -243,11 +248,95 @@ fn argument_index_6_is_refused() {
 }
 
 #[test]
-fn notify_is_refused_clearly() {
+fn notify_without_a_listener_path_is_refused() {
     refused(
-        json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/data/agent.sock",
+        json!({"defaultAction": "SCMP_ACT_ALLOW",
                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}),
-        &["SCMP_ACT_NOTIFY", "not supported"],
+        &["SCMP_ACT_NOTIFY", "listenerPath is not set"],
+    );
+}
+
+/// A seccomp agent: takes the containerProcessState and listener fd from rcrun,
+/// answers the first notification with EXDEV; returns the state and the syscall.
+fn agent(listener: UnixListener) -> (Value, i32) {
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("the listener fd is attached");
+    let len = msg.bytes;
+    let state: Value = serde_json::from_slice(&buf[..len]).unwrap();
+    // SAFETY: zeroed plain C structs, ioctls on the listener fd we received.
+    let nr = unsafe {
+        let mut req: libc::seccomp_notif = std::mem::zeroed();
+        assert_eq!(libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req), 0);
+        let resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: -libc::EXDEV,
+            flags: 0,
+        };
+        assert_eq!(libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp), 0);
+        libc::close(fd);
+        req.data.nr
+    };
+    (state, nr)
+}
+
+#[test]
+fn notify_hands_the_listener_and_state_to_the_agent() {
+    let b = Bundle::busybox(&["sh", "-c", "mkdir /data/a; echo rc=$?"]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": socket,
+            "listenerMetadata": "hello-agent",
+            "syscalls": [{"names": MKDIR, "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    let agent = std::thread::spawn(move || agent(listener));
+    let out = b.run("notified");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (state, nr) = agent.join().unwrap();
+    // The agent's answer reached the container's mkdir.
+    assert!(
+        stderr(&out).contains("Invalid cross-device link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "rc=1\n");
+    assert!(
+        nr as i64 == libc::SYS_mkdir || nr as i64 == libc::SYS_mkdirat,
+        "{nr}"
+    );
+    assert_eq!(state["fds"], json!(["seccompFd"]), "{state}");
+    assert_eq!(state["metadata"], "hello-agent");
+    assert_eq!(state["state"]["id"], "notified");
+    assert_eq!(state["state"]["status"], "creating");
+    assert!(state["pid"].as_i64().unwrap() > 1, "{state}");
+    assert_eq!(state["pid"], state["state"]["pid"]);
+    assert_eq!(state["state"]["bundle"], json!(b.path()));
+    assert!(
+        state["ociVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('1'))
     );
 }
 

@@ -23,6 +23,8 @@ pub(crate) enum ToParent {
     /// Setup is done; the process is waiting to be started (an attached fd is the
     /// pty master when the process has a terminal).
     Ready,
+    /// Sent before Ready: the attached fd is the seccomp listener for the agent.
+    SeccompListener,
     Failed(SetupFailure),
 }
 

@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -329,9 +330,10 @@ pub(crate) fn switch_user(plan: &ProcessPlan) -> Result<(), SetupFailure> {
     Ok(())
 }
 
-/// Everything up to the exec: limits, cwd, the executable, credentials.
-/// Returns the path to exec.
-pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
+/// Everything up to the exec: limits, cwd, the executable, credentials (and the
+/// seccomp filter when it cannot wait for the exec).
+/// Returns the path to exec and the seccomp listener fd for the agent, if any.
+pub(crate) fn prepare(plan: &ProcessPlan) -> Result<(CString, Option<OwnedFd>), SetupFailure> {
     apply_limits(plan)?;
     nix::unistd::chdir(&plan.cwd).map_err(|e| {
         failure(
@@ -341,13 +343,25 @@ pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
     })?;
     let exe = resolve_executable(plan)?;
     guard_runtime_binary(&exe, plan)?;
-    // Without no_new_privs loading a filter needs CAP_SYS_ADMIN, which the
-    // container's capabilities may lack: load it while we still have all (as runc).
-    if let Some(program) = plan.seccomp.as_ref().filter(|_| !plan.no_new_privileges) {
-        seccomp::load(program)?;
-    }
+    let listener = match early_seccomp(plan) {
+        Some(program) => seccomp::load(program)?,
+        None => None,
+    };
     switch_user(plan)?;
-    Ok(CString::new(exe.as_os_str().as_bytes()).unwrap_or_default())
+    Ok((
+        CString::new(exe.as_os_str().as_bytes()).unwrap_or_default(),
+        listener,
+    ))
+}
+
+/// The filter to load in `prepare`, before the user switch, instead of right before
+/// execve: without no_new_privs loading needs CAP_SYS_ADMIN, which the container's
+/// capabilities may lack (runc does the same); and a filter with a listener must be
+/// in place while rcrun can still hand the listener to the agent (before Ready).
+fn early_seccomp(plan: &ProcessPlan) -> Option<&seccomp::Program> {
+    plan.seccomp
+        .as_ref()
+        .filter(|p| !plan.no_new_privileges || p.has_listener())
 }
 
 /// Restores default signal handling (rcrun ignores SIGPIPE and blocks the signals it
@@ -386,7 +400,8 @@ pub(crate) fn exec(plan: &ProcessPlan, exe: &CString, original_mask: &SigSet) ->
     reset_signals(original_mask);
     // Last, so that the filter constrains the user's program and as little of ours as
     // possible (no_new_privs lets an unprivileged process load it).
-    if let Some(program) = plan.seccomp.as_ref().filter(|_| plan.no_new_privileges)
+    if let Some(program) = plan.seccomp.as_ref()
+        && early_seccomp(plan).is_none()
         && let Err(f) = seccomp::load(program)
     {
         return f;

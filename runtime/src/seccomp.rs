@@ -3,24 +3,29 @@
 //! before any process exists) and loaded as raw BPF with seccomp(2) in the
 //! container's process: no libseccomp code runs after fork.
 
-use std::io::{Read, Seek};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::{IoSlice, Read, Seek};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
 use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, FailureKind, Result, SetupFailure};
+use crate::state::State;
 
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 8;
 
 /// The actions of the runtime spec.
-const ACTIONS: [&str; 8] = [
+const ACTIONS: [&str; 9] = [
     "SCMP_ACT_KILL",
     "SCMP_ACT_KILL_PROCESS",
     "SCMP_ACT_KILL_THREAD",
@@ -29,6 +34,7 @@ const ACTIONS: [&str; 8] = [
     "SCMP_ACT_TRACE",
     "SCMP_ACT_ALLOW",
     "SCMP_ACT_LOG",
+    "SCMP_ACT_NOTIFY",
 ];
 
 const OPERATORS: [&str; 7] = [
@@ -80,15 +86,33 @@ const FLAGS: [(&str, libc::c_ulong); 4] = [
 pub(crate) struct Program {
     filter: Vec<libc::sock_filter>,
     flags: libc::c_ulong,
+    /// Where the listener fd goes, for SCMP_ACT_NOTIFY rules.
+    listener: Option<Listener>,
+}
+
+/// The seccomp agent of `listenerPath` (runtime spec: containerProcessState).
+#[derive(Debug, Clone)]
+struct Listener {
+    path: PathBuf,
+    metadata: String,
+}
+
+impl Program {
+    /// A filter with SCMP_ACT_NOTIFY rules hands its listener to an agent, through
+    /// rcrun: it is loaded before the process reports Ready.
+    pub(crate) fn has_listener(&self) -> bool {
+        self.listener.is_some()
+    }
 }
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Program({} instructions, flags {:#x})",
+            "Program({} instructions, flags {:#x}, listener {:?})",
             self.filter.len(),
-            self.flags
+            self.flags,
+            self.listener
         )
     }
 }
@@ -102,6 +126,8 @@ struct Profile {
     default_errno_ret: Option<u32>,
     architectures: Option<Vec<String>>,
     flags: Option<Vec<String>>,
+    listener_path: Option<PathBuf>,
+    listener_metadata: Option<String>,
     syscalls: Option<Vec<SyscallRule>>,
 }
 
@@ -208,11 +234,7 @@ fn action(name: &str, errno_ret: Option<u32>, path: &str) -> Result<ScmpAction, 
         "SCMP_ACT_TRACE" => ScmpAction::Trace(errno_in_range("errnoRet")?),
         "SCMP_ACT_ALLOW" => ScmpAction::Allow,
         "SCMP_ACT_LOG" => ScmpAction::Log,
-        "SCMP_ACT_NOTIFY" => {
-            return Err(format!(
-                "{path}: SCMP_ACT_NOTIFY (a user-space seccomp agent) is not supported by rcrun; use another action"
-            ));
-        }
+        "SCMP_ACT_NOTIFY" => ScmpAction::Notify,
         other => {
             return Err(format!(
                 "{path}: unknown action {other:?} (use one of {})",
@@ -262,6 +284,11 @@ fn compile_value(value: &Value) -> Result<Program, String> {
         profile.default_errno_ret,
         "linux.seccomp.defaultAction",
     )?;
+    if default == ScmpAction::Notify {
+        return Err(
+            "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action (the agent's own syscalls would wait for it); name the syscalls in a rule".into(),
+        );
+    }
     let lib = |what: String| move |e: libseccomp::error::SeccompError| format!("{what}: {e}");
     let mut ctx = ScmpFilterContext::new(default).map_err(lib("linux.seccomp".into()))?;
     for (i, name) in profile.architectures.iter().flatten().enumerate() {
@@ -293,6 +320,7 @@ fn compile_value(value: &Value) -> Result<Program, String> {
         }
         flags |= bit;
     }
+    let mut notifies = false;
     for (i, rule) in profile.syscalls.iter().flatten().enumerate() {
         let path = format!("linux.seccomp.syscalls[{i}]");
         let names = rule.names.as_deref().unwrap_or_default();
@@ -311,6 +339,7 @@ fn compile_value(value: &Value) -> Result<Program, String> {
         if let Some(j) = names.iter().position(|n| n.is_empty()) {
             return Err(format!("{path}.names[{j}] is empty"));
         }
+        notifies |= act == ScmpAction::Notify;
         // libseccomp refuses a rule that repeats the default action; it is a no-op.
         if act == default {
             continue;
@@ -336,8 +365,28 @@ fn compile_value(value: &Value) -> Result<Program, String> {
             }
         }
     }
+    let listener = match (notifies, profile.listener_path) {
+        (false, _) => None,
+        (true, None) => {
+            return Err("linux.seccomp: a rule uses SCMP_ACT_NOTIFY but listenerPath is not set: give the unix socket of the seccomp agent".into());
+        }
+        (true, Some(path)) if !path.is_absolute() => {
+            return Err(format!(
+                "linux.seccomp.listenerPath {} must be an absolute path",
+                path.display()
+            ));
+        }
+        (true, Some(path)) => Some(Listener {
+            path,
+            metadata: profile.listener_metadata.unwrap_or_default(),
+        }),
+    };
     let filter = export(&ctx).map_err(|e| format!("linux.seccomp: export the filter: {e}"))?;
-    Ok(Program { filter, flags })
+    Ok(Program {
+        filter,
+        flags,
+        listener,
+    })
 }
 
 /// The filter as the kernel's sock_filter array (libseccomp 2.5 exports to an fd only).
@@ -369,9 +418,14 @@ fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<libc::sock_filter>
         .collect())
 }
 
-/// Loads the program into the calling process (in the container, before execve).
+/// Loads the program into the calling process (in the container, before execve);
+/// returns the listener fd when the program has SCMP_ACT_NOTIFY rules.
 /// Without no_new_privs this needs CAP_SYS_ADMIN in the process's user namespace.
-pub(crate) fn load(program: &Program) -> Result<(), SetupFailure> {
+pub(crate) fn load(program: &Program) -> Result<Option<OwnedFd>, SetupFailure> {
+    let flags = match program.listener {
+        Some(_) => program.flags | SECCOMP_FILTER_FLAG_NEW_LISTENER,
+        None => program.flags,
+    };
     let prog = libc::sock_fprog {
         len: program.filter.len() as u16,
         filter: program.filter.as_ptr() as *mut libc::sock_filter,
@@ -381,11 +435,11 @@ pub(crate) fn load(program: &Program) -> Result<(), SetupFailure> {
         libc::syscall(
             libc::SYS_seccomp,
             SECCOMP_SET_MODE_FILTER,
-            program.flags,
+            flags,
             &prog as *const libc::sock_fprog,
         )
     };
-    Errno::result(ret).map(drop).map_err(|e| SetupFailure {
+    let ret = Errno::result(ret).map_err(|e| SetupFailure {
         step: "load the seccomp filter".into(),
         detail: match e {
             Errno::EACCES => {
@@ -394,6 +448,55 @@ pub(crate) fn load(program: &Program) -> Result<(), SetupFailure> {
             e => e.desc().to_string(),
         },
         kind: FailureKind::Setup,
+    })?;
+    // SAFETY: with NEW_LISTENER the kernel returned a fresh fd that we now own.
+    Ok(program
+        .listener
+        .as_ref()
+        .map(|_| unsafe { OwnedFd::from_raw_fd(ret as RawFd) }))
+}
+
+/// Hands a container process's listener fd to the seccomp agent at listenerPath, as
+/// the runtime spec says: one message, the containerProcessState JSON with the fd
+/// attached (SCM_RIGHTS).
+pub(crate) fn send_listener(
+    program: Option<&Program>,
+    fd: Option<OwnedFd>,
+    state: &State,
+) -> Result<()> {
+    let (Some(listener), Some(fd)) = (program.and_then(|p| p.listener.as_ref()), fd) else {
+        return Ok(());
+    };
+    let shown = listener.path.display();
+    let message = serde_json::json!({
+        "ociVersion": state.oci_version,
+        "fds": ["seccompFd"],
+        "pid": state.pid,
+        "metadata": listener.metadata,
+        "state": state,
+    });
+    let bytes = serde_json::to_vec(&message)
+        .map_err(|e| Error::InvalidConfig(format!("seccomp agent message: {e}")))?;
+    let stream = UnixStream::connect(&listener.path).map_err(|e| {
+        Error::io(
+            format!("connect to the seccomp agent at linux.seccomp.listenerPath {shown} (is it listening?)"),
+            e,
+        )
+    })?;
+    let fds = [fd.as_raw_fd()];
+    socket::sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(|e| {
+        Error::sys(
+            format!("send the seccomp listener to the agent at {shown}"),
+            e,
+        )
     })
 }
 
@@ -480,7 +583,29 @@ mod tests {
         );
         let e = err(json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
             {"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}));
-        assert!(e.contains("SCMP_ACT_NOTIFY"), "{e}");
+        assert!(e.contains("listenerPath is not set"), "{e}");
+        let e = err(
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "agent.sock",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}),
+        );
+        assert!(
+            e.contains("listenerPath agent.sock must be an absolute path"),
+            "{e}"
+        );
+        let e = err(json!({"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/a.sock"}));
+        assert!(
+            e.contains("defaultAction: SCMP_ACT_NOTIFY cannot be the default"),
+            "{e}"
+        );
+        let p = compile_value(&json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/a.sock",
+            "listenerMetadata": "m", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}))
+        .unwrap();
+        assert!(p.has_listener());
+        // Without a NOTIFY rule the listener is not asked for.
+        let p =
+            compile_value(&json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/a.sock"}))
+                .unwrap();
+        assert!(!p.has_listener());
         let e = err(json!({"syscalls": []}));
         assert!(e.contains("defaultAction"), "{e}");
     }
