@@ -190,7 +190,7 @@ fn exec_d_processes_are_filtered_too() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
-/// A bad profile is refused before anything exists: 125, the problem named, no
+/// A bad profile is refused: 125, the problem named, no
 /// container left behind.
 fn refused(seccomp: Value, needles: &[&str]) {
     let b = Bundle::busybox(&["true"]);
@@ -253,6 +253,17 @@ fn notify_without_a_listener_path_is_refused() {
         json!({"defaultAction": "SCMP_ACT_ALLOW",
                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}),
         &["SCMP_ACT_NOTIFY", "listenerPath is not set"],
+    );
+}
+
+#[test]
+fn notify_without_an_agent_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody-listens.sock");
+    refused(
+        json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": socket,
+               "syscalls": [{"names": MKDIR, "action": "SCMP_ACT_NOTIFY"}]}),
+        &["seccomp agent", socket.to_str().unwrap()],
     );
 }
 
