@@ -33,7 +33,16 @@ fn errno_rule_returns_its_errno(no_new_privileges: bool) {
         &b,
         json!([{"names": MKDIR, "action": "SCMP_ACT_ERRNO", "errnoRet": 5}]),
     );
-    b.edit(|c| c["process"]["noNewPrivileges"] = json!(no_new_privileges));
+    b.edit(|c| {
+        c["process"]["noNewPrivileges"] = json!(no_new_privileges);
+        // Flags and architectures reach the kernel too.
+        c["linux"]["seccomp"]["flags"] =
+            json!(["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]);
+        if std::env::consts::ARCH == "x86_64" {
+            c["linux"]["seccomp"]["architectures"] =
+                json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]);
+        }
+    });
     let out = b.run("errno");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // EIO's text: the errno came from the filter, not from the filesystem.

@@ -276,6 +276,15 @@ fn condition(arg: &Arg, path: &str) -> Result<ScmpArgCompare, String> {
     Ok(ScmpArgCompare::new(arg.index as u32, op, arg.value))
 }
 
+/// A rule, checked, as libseccomp takes it.
+struct CheckedRule<'a> {
+    path: String,
+    action: ScmpAction,
+    names: &'a [String],
+    /// Each is one rule: all its conditions must hold.
+    alternatives: Vec<Vec<ScmpArgCompare>>,
+}
+
 fn compile_value(value: &Value) -> Result<Program, String> {
     let profile: Profile =
         serde_json::from_value(value.clone()).map_err(|e| format!("linux.seccomp: {e}"))?;
@@ -289,21 +298,19 @@ fn compile_value(value: &Value) -> Result<Program, String> {
             "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action (the agent's own syscalls would wait for it); name the syscalls in a rule".into(),
         );
     }
-    let lib = |what: String| move |e: libseccomp::error::SeccompError| format!("{what}: {e}");
-    let mut ctx = ScmpFilterContext::new(default).map_err(lib("linux.seccomp".into()))?;
+    let mut archs = Vec::new();
     for (i, name) in profile.architectures.iter().flatten().enumerate() {
-        let path = format!("linux.seccomp.architectures[{i}]");
         let arch = ARCHS
             .contains(&name.as_str())
             .then(|| ScmpArch::from_str(name).ok())
             .flatten()
             .ok_or_else(|| {
                 format!(
-                    "{path}: unknown architecture {name:?} (use one of {})",
+                    "linux.seccomp.architectures[{i}]: unknown architecture {name:?} (use one of {})",
                     ARCHS.join(", ")
                 )
             })?;
-        ctx.add_arch(arch).map_err(lib(path))?;
+        archs.push(arch);
     }
     let mut flags = 0;
     for (i, name) in profile.flags.iter().flatten().enumerate() {
@@ -321,6 +328,7 @@ fn compile_value(value: &Value) -> Result<Program, String> {
         flags |= bit;
     }
     let mut notifies = false;
+    let mut rules = Vec::new();
     for (i, rule) in profile.syscalls.iter().flatten().enumerate() {
         let path = format!("linux.seccomp.syscalls[{i}]");
         let names = rule.names.as_deref().unwrap_or_default();
@@ -349,21 +357,17 @@ fn compile_value(value: &Value) -> Result<Program, String> {
         let mut indexes: Vec<u64> = args.iter().map(|a| a.index).collect();
         indexes.sort_unstable();
         indexes.dedup();
-        let alternatives: Vec<Vec<ScmpArgCompare>> = if indexes.len() < args.len() {
+        let alternatives = if indexes.len() < args.len() {
             conditions.iter().map(|c| vec![*c]).collect()
         } else {
             vec![conditions]
         };
-        for name in names {
-            // Profiles list syscalls of newer kernels than libseccomp knows: skipped.
-            let Ok(syscall) = ScmpSyscall::from_name(name) else {
-                continue;
-            };
-            for conds in &alternatives {
-                ctx.add_rule_conditional(act, syscall, conds)
-                    .map_err(lib(format!("{path}: syscall {name}")))?;
-            }
-        }
+        rules.push(CheckedRule {
+            path,
+            action: act,
+            names,
+            alternatives,
+        });
     }
     let listener = match (notifies, profile.listener_path) {
         (false, _) => None,
@@ -381,16 +385,51 @@ fn compile_value(value: &Value) -> Result<Program, String> {
             metadata: profile.listener_metadata.unwrap_or_default(),
         }),
     };
-    let filter = export(&ctx).map_err(|e| format!("linux.seccomp: export the filter: {e}"))?;
+    let key = cache::key(value);
+    let bpf = match cache::get(&key) {
+        Some(bpf) => bpf,
+        None => {
+            let bpf = build(default, &archs, &rules)?;
+            cache::put(&key, &bpf);
+            bpf
+        }
+    };
     Ok(Program {
-        filter,
+        filter: to_filter(&bpf)?,
         flags,
         listener,
     })
 }
 
+/// libseccomp's BPF for checked rules.
+fn build(
+    default: ScmpAction,
+    archs: &[ScmpArch],
+    rules: &[CheckedRule],
+) -> Result<Vec<u8>, String> {
+    let lib = |what: String| move |e: libseccomp::error::SeccompError| format!("{what}: {e}");
+    let mut ctx = ScmpFilterContext::new(default).map_err(lib("linux.seccomp".into()))?;
+    for (i, arch) in archs.iter().enumerate() {
+        ctx.add_arch(*arch)
+            .map_err(lib(format!("linux.seccomp.architectures[{i}]")))?;
+    }
+    for rule in rules {
+        for name in rule.names {
+            // Profiles list syscalls of newer kernels than libseccomp knows: skipped.
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            for conds in &rule.alternatives {
+                ctx.add_rule_conditional(rule.action, syscall, conds)
+                    .map_err(lib(format!("{}: syscall {name}", rule.path)))?;
+            }
+        }
+    }
+    export(&ctx).map_err(|e| format!("linux.seccomp: export the filter: {e}"))
+}
+
 /// The filter as the kernel's sock_filter array (libseccomp 2.5 exports to an fd only).
-fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<libc::sock_filter>, String> {
+fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<u8>, String> {
     // SAFETY: memfd_create with a constant NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"rcrun-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -403,9 +442,19 @@ fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<libc::sock_filter>
     file.rewind()
         .and_then(|_| file.read_to_end(&mut bytes))
         .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+fn to_filter(bytes: &[u8]) -> Result<Vec<libc::sock_filter>, String> {
     let size = std::mem::size_of::<libc::sock_filter>();
-    if bytes.is_empty() || bytes.len() % size != 0 || bytes.len() / size > u16::MAX as usize {
-        return Err(format!("unexpected program size {} bytes", bytes.len()));
+    if bytes.is_empty()
+        || !bytes.len().is_multiple_of(size)
+        || bytes.len() / size > u16::MAX as usize
+    {
+        return Err(format!(
+            "linux.seccomp: unexpected BPF program size {} bytes",
+            bytes.len()
+        ));
     }
     Ok(bytes
         .chunks_exact(size)
@@ -416,6 +465,68 @@ fn export(ctx: &ScmpFilterContext) -> std::result::Result<Vec<libc::sock_filter>
             k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
         })
         .collect())
+}
+
+/// Compiled programs by profile: libseccomp takes ~10 ms for a Docker-size profile
+/// on three architectures, several times a container's whole start. Kept under the
+/// runtime directory (gone at reboot, with any kernel change), in a 0700 directory of
+/// ours; anything else there is not trusted and the profile is compiled afresh.
+mod cache {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+    use sha2::{Digest, Sha256};
+
+    pub(super) fn key(profile: &Value) -> String {
+        let version = libseccomp::ScmpVersion::current()
+            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+            .unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(format!(
+            "rcrun-seccomp-1 {version} {}\0",
+            std::env::consts::ARCH
+        ));
+        h.update(serde_json::to_vec(profile).unwrap_or_default());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The cache directory, made if missing, if it is ours alone.
+    fn dir() -> Option<PathBuf> {
+        let dir = crate::Runtime::default_root().parent()?.join("seccomp");
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir);
+        let md = std::fs::symlink_metadata(&dir).ok()?;
+        let ours = md.is_dir()
+            && md.uid() == nix::unistd::Uid::effective().as_raw()
+            && md.mode() & 0o077 == 0;
+        ours.then_some(dir)
+    }
+
+    pub(super) fn get(key: &str) -> Option<Vec<u8>> {
+        let size = std::mem::size_of::<libc::sock_filter>();
+        std::fs::read(dir()?.join(key))
+            .ok()
+            .filter(|b| !b.is_empty() && b.len().is_multiple_of(size))
+    }
+
+    /// Best effort: a cache that cannot be written only costs time.
+    pub(super) fn put(key: &str, bpf: &[u8]) {
+        let Some(dir) = dir() else { return };
+        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(bpf));
+        if written.is_err() || std::fs::rename(&tmp, dir.join(key)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }
 
 /// Loads the program into the calling process (in the container, before execve);
@@ -619,6 +730,29 @@ mod tests {
         assert!(e.contains("syscalls[0].action"), "{e}");
         let fine = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}});
         assert_eq!(explain_parse_error(fine.to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn compiled_programs_are_cached_by_profile() {
+        let profile = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 7}]});
+        let first = compile_value(&profile).unwrap();
+        let key = cache::key(&profile);
+        let cached = cache::get(&key).expect("the program was cached");
+        let second = compile_value(&profile).unwrap();
+        let bytes = |p: &Program| {
+            p.filter
+                .iter()
+                .flat_map(|i| [i.code as u32, i.jt as u32, i.jf as u32, i.k])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bytes(&first), bytes(&second));
+        assert_eq!(cached.len(), first.filter.len() * 8);
+        // Another errno is another program.
+        let other = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 8}]});
+        assert_ne!(cache::key(&other), key);
+        assert_ne!(bytes(&compile_value(&other).unwrap()), bytes(&first));
     }
 
     #[test]
