@@ -84,6 +84,10 @@ pub struct RunArgs {
     read_only: bool,
     #[arg(long)]
     hostname: Option<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json (OCI or Docker format), or
+    /// no-new-privileges. The default seccomp profile blocks what Docker's does.
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
     /// Keep stdin open.
     #[arg(short, long)]
     interactive: bool,
@@ -769,6 +773,7 @@ pub fn run(command: Command) -> Result<i32> {
                     hostname: args.hostname,
                     tty: args.tty,
                     network: Default::default(),
+                    security: rcrun::seccomp::parse_security_opts(&args.security_opt)?,
                 },
                 network,
                 publish,

@@ -6,6 +6,7 @@ pub mod db;
 pub mod images;
 pub mod networks;
 pub mod progress;
+pub mod seccomp;
 pub mod services;
 pub mod spec;
 pub mod up;

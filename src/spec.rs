@@ -23,6 +23,8 @@ pub struct RunRequest {
     pub hostname: Option<String>,
     pub tty: bool,
     pub network: NetNs,
+    /// `--security-opt`: the seccomp profile and no-new-privileges.
+    pub security: crate::seccomp::SecurityOpts,
 }
 
 /// The container's network namespace.
@@ -378,7 +380,10 @@ pub fn build(
     // Like docker: the container inherits rcrun's limits, and setuid entrypoints
     // (gosu, su-exec) keep working.
     process.as_object_mut().map(|p| p.remove("rlimits"));
-    process["noNewPrivileges"] = json!(false);
+    process["noNewPrivileges"] = json!(req.security.no_new_privileges);
+    if let Some(seccomp) = crate::seccomp::linux_seccomp(&req.security.seccomp, &DOCKER_CAPS)? {
+        spec["linux"]["seccomp"] = seccomp;
+    }
     let mounts = spec["mounts"]
         .as_array_mut()
         .expect("the default spec has mounts");

@@ -27,6 +27,8 @@ pub(crate) enum ToParent {
     /// The init waits before pivot_root for rcrun to run prestart and createRuntime
     /// hooks (only when the spec has hooks that need it).
     CreateRuntimeHooks,
+    /// Sent before Ready: the attached fd is the seccomp listener for the agent.
+    SeccompListener,
     Failed(SetupFailure),
 }
 

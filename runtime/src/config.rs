@@ -97,7 +97,7 @@ pub(crate) fn read_spec(bundle: &Path) -> Result<(PathBuf, Spec)> {
     })?;
     let spec = serde_json::from_slice(&text).map_err(|e| Error::Config {
         path: bundle.clone(),
-        reason: e.to_string(),
+        reason: crate::seccomp::explain_parse_error(&text).unwrap_or_else(|| e.to_string()),
     })?;
     Ok((bundle, spec))
 }
@@ -397,6 +397,7 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
         die_with_parent: false,
         preserve_fds: 0,
         attrs: procattrs::from_spec(spec)?,
+        seccomp: crate::seccomp::compile(spec)?,
     })
 }
 
@@ -567,17 +568,6 @@ pub(crate) fn load(bundle: &Path, overlay: Option<&RootfsOverlay>) -> Result<Con
         sysctl: nsfields::sysctls(&spec, &namespaces)?,
         cwd: process.cwd.clone(),
     };
-    if spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .is_some()
-    {
-        // Fail closed: a filter the user asked for must not silently go missing.
-        return Err(invalid(
-            "linux.seccomp is set, but rcrun cannot apply seccomp filters yet; remove it to run without a filter",
-        ));
-    }
     hooks::validate(&spec)?;
     let mut warnings = unsupported_fields(&spec);
     if !rootfs_plan.populate_dev && linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {

@@ -27,7 +27,7 @@ use crate::overlay::RootfsOverlay;
 use crate::process::{self, ProcessPlan};
 use crate::spawn::{self, Spawned, kill_and_reap};
 use crate::state::{self, FIFO, Record, State, Status};
-use crate::{mounts, nsfields, sys, tty};
+use crate::{mounts, nsfields, seccomp, sys, tty};
 
 /// Where a runtime keeps its containers' state.
 #[derive(Debug, Clone)]
@@ -131,18 +131,37 @@ fn setup_failure(step: &str, errno: Errno) -> SetupFailure {
     }
 }
 
-/// Waits for the setup process to report Ready; returns the pty master if any.
-fn await_ready(spawned: &Spawned) -> Result<Option<OwnedFd>> {
-    let outcome = match spawned.channel.recv::<ToParent>() {
-        Ok(Some((ToParent::Ready, pty))) => return Ok(pty),
-        Ok(Some((ToParent::Failed(f), _))) => Err(f.into()),
-        Ok(Some((other, _))) => Err(Error::InvalidConfig(format!(
-            "unexpected message {other:?} from the container's setup"
-        ))),
-        Ok(None) => Err(Error::InvalidConfig(
-            "the container's setup process exited without a word".into(),
-        )),
-        Err(e) => Err(Error::sys("read from the container's setup process", e)),
+/// What the setup process hands over with Ready.
+struct Ready {
+    pty: Option<OwnedFd>,
+    seccomp_listener: Option<OwnedFd>,
+}
+
+/// Waits for the setup process to report Ready, with the pty master and the
+/// seccomp listener if it has them.
+fn await_ready(spawned: &Spawned) -> Result<Ready> {
+    let mut seccomp_listener = None;
+    let outcome = loop {
+        break match spawned.channel.recv::<ToParent>() {
+            Ok(Some((ToParent::SeccompListener, fd))) => {
+                seccomp_listener = fd;
+                continue;
+            }
+            Ok(Some((ToParent::Ready, pty))) => {
+                return Ok(Ready {
+                    pty,
+                    seccomp_listener,
+                });
+            }
+            Ok(Some((ToParent::Failed(f), _))) => Err(f.into()),
+            Ok(Some((other, _))) => Err(Error::InvalidConfig(format!(
+                "unexpected message {other:?} from the container's setup"
+            ))),
+            Ok(None) => Err(Error::InvalidConfig(
+                "the container's setup process exited without a word".into(),
+            )),
+            Err(e) => Err(Error::sys("read from the container's setup process", e)),
+        };
     };
     kill_and_reap(spawned.pid);
     outcome
@@ -170,13 +189,21 @@ fn write_pid_file(path: Option<&Path>, pid: Pid) -> Result<()> {
     }
 }
 
-/// Sends Ready (with the pty master, which this process then closes) and returns
-/// the program to exec.
+/// The setup's result: the program to exec, the pty master, the seccomp listener.
+type Prepared = (CString, Option<OwnedFd>, Option<OwnedFd>);
+
+/// Sends the seccomp listener and Ready (with the pty master; this process then
+/// closes both) and returns the program to exec.
 fn report_ready(
     channel: &Channel,
-    prepared: Result<(CString, Option<OwnedFd>), SetupFailure>,
+    prepared: Result<Prepared, SetupFailure>,
 ) -> Result<CString, SetupFailure> {
-    let (exe, pty) = prepared?;
+    let (exe, pty, listener) = prepared?;
+    if let Some(fd) = listener {
+        channel
+            .send(&ToParent::SeccompListener, Some(fd.as_raw_fd()))
+            .map_err(|e| setup_failure("hand the seccomp listener to rcrun", e))?;
+    }
     channel
         .send(&ToParent::Ready, pty.as_ref().map(|p| p.as_raw_fd()))
         .map_err(|e| setup_failure("report ready", e))?;
@@ -194,7 +221,7 @@ fn init_body(
 ) -> SetupFailure {
     // The state for startContainer hooks, when the spec has any hooks run in setup.
     let mut start_hooks = None;
-    let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
+    let prepared = (|| -> Result<Prepared, SetupFailure> {
         sys::set_dumpable(false)
             .map_err(|e| setup_failure("make the setup process non-dumpable", e))?;
         nix::unistd::setsid().map_err(|e| setup_failure("setsid", e))?;
@@ -221,8 +248,8 @@ fn init_body(
         } else {
             None
         };
-        let exe = process::prepare(&cfg.process)?;
-        Ok((exe, pty))
+        let (exe, listener) = process::prepare(&cfg.process)?;
+        Ok((exe, pty, listener))
     })();
     let exe = match report_ready(channel, prepared) {
         Ok(exe) => exe,
@@ -266,14 +293,15 @@ fn init_body(
 
 /// A process exec'd into a running container: namespaces are joined.
 fn exec_body(plan: &ProcessPlan, mask: &SigSet, channel: &Channel) -> SetupFailure {
-    let prepared = (|| -> Result<(CString, Option<OwnedFd>), SetupFailure> {
+    let prepared = (|| -> Result<Prepared, SetupFailure> {
         nix::unistd::setsid().map_err(|e| setup_failure("setsid", e))?;
         let pty = if plan.terminal {
             Some(tty::open_console(plan.console_size)?)
         } else {
             None
         };
-        Ok((process::prepare(plan)?, pty))
+        let (exe, listener) = process::prepare(plan)?;
+        Ok((exe, pty, listener))
     })();
     let exe = match report_ready(channel, prepared) {
         Ok(exe) => exe,
@@ -409,15 +437,21 @@ impl Runtime {
             kill_and_reap(spawned.pid);
             return Err(e);
         }
-        let pty = await_ready(&spawned)?;
-        let saved = Self::record(cfg, id, spawned.pid)
+        let ready = await_ready(&spawned)?;
+        let record = Self::record(cfg, id, spawned.pid);
+        let saved = record
             .save(&dir)
-            .and_then(|()| write_pid_file(pid_file, spawned.pid));
+            .and_then(|()| write_pid_file(pid_file, spawned.pid))
+            .and_then(|()| {
+                let mut state = record.state(&dir);
+                state.status = Status::Creating;
+                seccomp::send_listener(cfg.process.seccomp.as_ref(), ready.seccomp_listener, &state)
+            });
         if let Err(e) = saved {
             kill_and_reap(spawned.pid);
             return Err(e);
         }
-        Ok((spawned, pty, rollback))
+        Ok((spawned, ready.pty, rollback))
     }
 
     /// Sets the container up and leaves its process waiting for `start`.
@@ -732,7 +766,16 @@ impl Runtime {
         let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, |ch| {
             exec_body(&plan, &mask, ch)
         })?;
-        let mut pty = await_ready(&spawned)?;
+        let ready = await_ready(&spawned)?;
+        if let Err(e) = seccomp::send_listener(
+            plan.seccomp.as_ref(),
+            ready.seccomp_listener,
+            &rec.state(&dir),
+        ) {
+            kill_and_reap(spawned.pid);
+            return Err(e);
+        }
+        let mut pty = ready.pty;
         if let Some(console) = &console
             && let Some(master) = pty.take()
             && let Err(e) = tty::send_console(console, master)

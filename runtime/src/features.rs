@@ -77,6 +77,7 @@ pub fn features() -> Value {
             "mountExtensions": {"idmap": {"enabled": true}},
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": capabilities,
+            "seccomp": crate::seccomp::seccomp_features(),
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false},

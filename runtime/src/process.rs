@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use nix::unistd::{Gid, Uid};
 use crate::caps::{self, CapSets};
 use crate::error::{FailureKind, SetupFailure};
 use crate::procattrs::{self, ProcessAttrs};
-use crate::sys;
+use crate::{seccomp, sys};
 
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -52,6 +53,8 @@ pub(crate) struct ProcessPlan {
     /// rcrun's fds 3..3+N stay open in the process (`--preserve-fds`).
     pub preserve_fds: u32,
     pub attrs: ProcessAttrs,
+    /// linux.seccomp, compiled.
+    pub seccomp: Option<seccomp::Program>,
 }
 
 fn failure(step: impl Into<String>, errno: Errno) -> SetupFailure {
@@ -333,9 +336,10 @@ pub(crate) fn switch_user(plan: &ProcessPlan) -> Result<(), SetupFailure> {
     Ok(())
 }
 
-/// Everything up to the exec: limits, cwd, the executable, credentials.
-/// Returns the path to exec.
-pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
+/// Everything up to the exec: limits, cwd, the executable, credentials (and the
+/// seccomp filter when it cannot wait for the exec).
+/// Returns the path to exec and the seccomp listener fd for the agent, if any.
+pub(crate) fn prepare(plan: &ProcessPlan) -> Result<(CString, Option<OwnedFd>), SetupFailure> {
     apply_limits(plan)?;
     procattrs::apply(&plan.attrs)?;
     nix::unistd::chdir(&plan.cwd).map_err(|e| {
@@ -346,8 +350,25 @@ pub(crate) fn prepare(plan: &ProcessPlan) -> Result<CString, SetupFailure> {
     })?;
     let exe = resolve_executable(plan)?;
     guard_runtime_binary(&exe, plan)?;
+    let listener = match early_seccomp(plan) {
+        Some(program) => seccomp::load(program)?,
+        None => None,
+    };
     switch_user(plan)?;
-    Ok(CString::new(exe.as_os_str().as_bytes()).unwrap_or_default())
+    Ok((
+        CString::new(exe.as_os_str().as_bytes()).unwrap_or_default(),
+        listener,
+    ))
+}
+
+/// The filter to load in `prepare`, before the user switch, instead of right before
+/// execve: without no_new_privs loading needs CAP_SYS_ADMIN, which the container's
+/// capabilities may lack (runc does the same); and a filter with a listener must be
+/// in place while rcrun can still hand the listener to the agent (before Ready).
+fn early_seccomp(plan: &ProcessPlan) -> Option<&seccomp::Program> {
+    plan.seccomp
+        .as_ref()
+        .filter(|p| !plan.no_new_privileges || p.has_listener())
 }
 
 /// Restores default signal handling (rcrun ignores SIGPIPE and blocks the signals it
@@ -390,6 +411,14 @@ pub(crate) fn exec(plan: &ProcessPlan, exe: &CString, original_mask: &SigSet) ->
         );
     }
     reset_signals(original_mask);
+    // Last, so that the filter constrains the user's program and as little of ours as
+    // possible (no_new_privs lets an unprivileged process load it).
+    if let Some(program) = plan.seccomp.as_ref()
+        && early_seccomp(plan).is_none()
+        && let Err(f) = seccomp::load(program)
+    {
+        return f;
+    }
     let err = nix::unistd::execve(exe, &plan.args, &plan.env).unwrap_err();
     SetupFailure {
         step: format!("exec {}", exe.to_string_lossy()),
@@ -427,6 +456,7 @@ mod tests {
             preserve_fds: 0,
             console_size: None,
             attrs: ProcessAttrs::default(),
+            seccomp: None,
         }
     }
 

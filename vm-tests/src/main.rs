@@ -455,6 +455,9 @@ fn build_static_binaries() -> Result<(PathBuf, PathBuf)> {
             ),
             "-C target-feature=+crt-static",
         )
+        // libseccomp-sys links libseccomp.so unless told otherwise (libseccomp-dev).
+        .env("LIBSECCOMP_LINK_TYPE", "static")
+        .env("LIBSECCOMP_LIB_PATH", libseccomp_dir())
         .current_dir(workspace())
         .status()
         .context("run cargo")?;
@@ -463,6 +466,12 @@ fn build_static_binaries() -> Result<(PathBuf, PathBuf)> {
     }
     let out = target_dir().join(STATIC_TARGET).join(GUEST_PROFILE);
     Ok((out.join("rcrun"), out.join("vm-agent")))
+}
+
+/// Where libseccomp.a is: Debian's multiarch directory for the static target.
+fn libseccomp_dir() -> PathBuf {
+    let arch = STATIC_TARGET.split('-').next().unwrap_or("x86_64");
+    PathBuf::from(format!("/usr/lib/{arch}-linux-gnu"))
 }
 
 fn probe_kvm(kernel: &Kernel, tools: &GuestTools, run_dir: &Path) -> Result<bool> {
