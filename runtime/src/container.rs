@@ -17,6 +17,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, Uid};
 
+use crate::cgroup::{self, Cgroup};
 use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
@@ -31,6 +32,8 @@ use crate::{mounts, sys, tty};
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
+    /// `linux.cgroupsPath` is systemd's slice:prefix:name (see cgroup.rs).
+    systemd_cgroup: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -71,17 +74,21 @@ enum Gate {
     Message,
 }
 
-/// Removes a half-made container directory unless disarmed.
-struct Rollback(Option<PathBuf>);
+/// Removes a half-made container directory and its cgroup unless disarmed.
+struct Rollback(Option<PathBuf>, Option<Cgroup>);
 
 impl Rollback {
     fn disarm(mut self) {
         self.0 = None;
+        self.1 = None;
     }
 }
 
 impl Drop for Rollback {
     fn drop(&mut self) {
+        if let Some(cgroup) = self.1.take() {
+            cgroup.remove();
+        }
         if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -225,7 +232,17 @@ fn exec_body(plan: &ProcessPlan, mask: &SigSet, channel: &Channel) -> SetupFailu
 
 impl Runtime {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Runtime { root: root.into() }
+        Runtime {
+            root: root.into(),
+            systemd_cgroup: false,
+        }
+    }
+
+    /// Reads `linux.cgroupsPath` as systemd's `slice:prefix:name` (runc's
+    /// `--systemd-cgroup`); with no systemd, it is laid out in cgroupfs as systemd would.
+    pub fn systemd_cgroup(mut self, on: bool) -> Self {
+        self.systemd_cgroup = on;
+        self
     }
 
     /// `/run/rcrun/oci` for root; `$XDG_RUNTIME_DIR/rcrun/oci` or `/tmp/rcrun-UID/oci`
@@ -251,7 +268,7 @@ impl Runtime {
         &self.root
     }
 
-    fn dir(&self, id: &str) -> Result<PathBuf> {
+    pub(crate) fn dir(&self, id: &str) -> Result<PathBuf> {
         state::validate_id(id)?;
         Ok(self.root.join(id))
     }
@@ -282,7 +299,7 @@ impl Runtime {
     }
 
     /// Holds an exclusive lock on a container until dropped.
-    fn lock(&self, id: &str) -> Result<(PathBuf, File)> {
+    pub(crate) fn lock(&self, id: &str) -> Result<(PathBuf, File)> {
         let dir = self.dir(id)?;
         let handle = File::open(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
@@ -307,10 +324,10 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
         }
-        Ok((dir.clone(), Rollback(Some(dir))))
+        Ok((dir.clone(), Rollback(Some(dir), None)))
     }
 
-    fn record(cfg: &ContainerConfig, id: &str, pid: Pid) -> Record {
+    fn record(cfg: &ContainerConfig, id: &str, pid: Pid, cgroup: Option<&Cgroup>) -> Record {
         Record {
             id: id.to_string(),
             bundle: cfg.bundle.clone(),
@@ -320,6 +337,7 @@ impl Runtime {
             created: state::now_rfc3339(),
             owner: Uid::effective().as_raw(),
             spec: cfg.spec.clone(),
+            cgroup: cgroup.map(|c| c.dir.clone()),
         }
     }
 
@@ -333,17 +351,20 @@ impl Runtime {
         signals: &BlockedSignals,
         pid_file: Option<&Path>,
     ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
-        let (dir, rollback) = self.new_container_dir(id)?;
+        let (dir, mut rollback) = self.new_container_dir(id)?;
+        let placed = cgroup::prepare(&cfg.spec, id, self.systemd_cgroup)?;
+        rollback.1 = placed.as_ref().map(|p| p.cgroup.clone());
         let gate = gate(&dir)?;
         let mask = signals.original;
         let spawned = spawn::spawn(
             &cfg.namespaces,
             cfg.maps.as_ref(),
             cfg.process.oom_score_adj,
+            placed.as_ref().map(|p| &p.fd),
             |ch| init_body(cfg, &gate, &mask, ch),
         )?;
         let pty = await_ready(&spawned)?;
-        let saved = Self::record(cfg, id, spawned.pid)
+        let saved = Self::record(cfg, id, spawned.pid, placed.as_ref().map(|p| &p.cgroup))
             .save(&dir)
             .and_then(|()| write_pid_file(pid_file, spawned.pid));
         if let Err(e) = saved {
@@ -498,7 +519,10 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: i32) -> Result<()> {
         let dir = self.dir(id)?;
         let rec = Record::load(&dir, id)?;
-        if !matches!(rec.status(&dir), Status::Created | Status::Running) {
+        if !matches!(
+            rec.status(&dir),
+            Status::Created | Status::Running | Status::Paused
+        ) {
             return Err(Error::WrongState {
                 id: id.to_string(),
                 status: "stopped",
@@ -545,15 +569,18 @@ impl Runtime {
         };
         if let Some(rec) = rec {
             let status = rec.status(&dir);
-            if status == Status::Running && !force {
+            if matches!(status, Status::Running | Status::Paused) && !force {
                 return Err(Error::WrongState {
                     id: id.to_string(),
-                    status: "running",
+                    status: status.as_str(),
                     hint: "stop it first (`kill`) or use `delete --force`",
                 });
             }
             if rec.alive() {
                 kill_and_wait(&rec)?;
+            }
+            if let Some(dir) = &rec.cgroup {
+                Cgroup { dir: dir.clone() }.remove();
             }
         }
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
@@ -605,7 +632,8 @@ impl Runtime {
             BlockedSignals::block()?
         };
         let mask = signals.original;
-        let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, |ch| {
+        let cgroup = rec.cgroup.as_deref().map(cgroup::open_dir).transpose()?;
+        let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, cgroup.as_ref(), |ch| {
             exec_body(&plan, &mask, ch)
         })?;
         let pty = await_ready(&spawned)?;

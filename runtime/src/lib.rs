@@ -12,6 +12,7 @@
 //! [`Runtime::run`]); the CLI is.
 
 mod caps;
+mod cgroup;
 mod channel;
 mod config;
 mod container;
@@ -29,9 +30,11 @@ mod sys;
 mod tty;
 mod userns;
 
+pub use cgroup::MODE_ENV as CGROUPS_MODE_ENV;
 pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime};
 pub use error::{Error, FailureKind, Result};
 pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
+pub use oci_spec::runtime::LinuxResources;
 pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use signal::parse_signal;
 pub use spec::default_spec;
