@@ -628,24 +628,35 @@ impl Cgroup {
         })
     }
 
-    /// Every process in the cgroup and its descendants.
-    pub fn pids(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        let mut dirs = vec![self.dir.clone()];
-        while let Some(d) = dirs.pop() {
-            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                dirs.extend(
+    /// The cgroup's directory and those of its descendants, parents first.
+    fn subtree(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            if let Ok(entries) = std::fs::read_dir(&all[i]) {
+                all.extend(
                     entries
                         .flatten()
                         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                         .map(|e| e.path()),
                 );
             }
+            i += 1;
         }
-        out
+        all
+    }
+
+    /// Every process in the cgroup and its descendants.
+    pub fn pids(&self) -> Vec<i32> {
+        self.subtree()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Signals every process; SIGKILL through cgroup.kill where the kernel has it.
@@ -672,21 +683,9 @@ impl Cgroup {
             return;
         }
         let _ = self.kill_all(libc::SIGKILL);
-        // A frozen group's processes die only once thawed.
+        // Nothing stays frozen while it is torn down.
         let _ = std::fs::write(self.file("cgroup.freeze"), "0");
-        let mut dirs = vec![self.dir.clone()];
-        let mut all = Vec::new();
-        while let Some(d) = dirs.pop() {
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-            all.push(d);
-        }
+        let all = self.subtree();
         // Deepest first; rmdir fails with EBUSY until the killed processes are gone.
         for d in all.iter().rev() {
             let gone = poll_until(Duration::from_secs(5), || match std::fs::remove_dir(d) {
@@ -814,30 +813,30 @@ impl Runtime {
     /// Freezes every process of a running container (cgroup.freeze); `state` then
     /// says `paused`. Error 125 when the container has no cgroup.
     pub fn pause(&self, id: &str) -> Result<()> {
-        let (_dir, _lock) = self.lock(id)?;
-        let (_, status, cgroup) = self.live(id, "only a running container can be paused")?;
-        if status != Status::Running {
-            return Err(Error::WrongState {
-                id: id.to_string(),
-                status: status.as_str(),
-                hint: "only a running container can be paused",
-            });
-        }
-        Self::freezer(id, cgroup)?.freeze(true)
+        self.set_frozen(id, true)
     }
 
     /// Thaws a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
+        self.set_frozen(id, false)
+    }
+
+    fn set_frozen(&self, id: &str, on: bool) -> Result<()> {
+        let (from, hint) = if on {
+            (Status::Running, "only a running container can be paused")
+        } else {
+            (Status::Paused, "only a paused container can be resumed")
+        };
         let (_dir, _lock) = self.lock(id)?;
-        let (_, status, cgroup) = self.live(id, "only a paused container can be resumed")?;
-        if status != Status::Paused {
+        let (_, status, cgroup) = self.live(id, hint)?;
+        if status != from {
             return Err(Error::WrongState {
                 id: id.to_string(),
                 status: status.as_str(),
-                hint: "only a paused container can be resumed",
+                hint,
             });
         }
-        Self::freezer(id, cgroup)?.freeze(false)
+        Self::freezer(id, cgroup)?.freeze(on)
     }
 
     /// Applies new limits to a created, running or paused container's cgroup and
