@@ -298,3 +298,65 @@ fn a_failed_create_leaves_no_cgroup() {
     assert!(b.list().is_empty());
     assert!(!default_cgroup("broken").unwrap().exists());
 }
+
+/// The cgroup of a running container's process, from the host.
+fn cgroup_of(pid: i32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn cgroups_path_relative_absolute_and_systemd_style() {
+    if !tree_writable() {
+        // No tree: the path is still checked, the container runs without a cgroup.
+        let b = Bundle::busybox(&["echo", "ran"]);
+        b.edit(|c| c["linux"]["cgroupsPath"] = json!("/somewhere/else"));
+        let out = b.run("elsewhere");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+        return;
+    }
+    let own_parent = default_cgroup("x").unwrap().parent().unwrap().to_path_buf();
+    let mount = v2_mount().unwrap();
+    let top = format!("rcrun-test-{}", std::process::id());
+    let cases: Vec<(String, bool, PathBuf)> = vec![
+        (
+            format!("{top}/rel"),
+            false,
+            own_parent.join(&top).join("rel"),
+        ),
+        (format!("/{top}/abs"), false, mount.join(&top).join("abs")),
+        // Each dash of a slice name is a level: a-b.slice lives in a.slice.
+        (
+            format!("{top}.slice:pre:name"),
+            true,
+            mount.join(format!(
+                "rcrun.slice/rcrun-test.slice/{top}.slice/pre-name.scope"
+            )),
+        ),
+    ];
+    for (i, (path, systemd, expected)) in cases.into_iter().enumerate() {
+        let b = Bundle::busybox(&["sleep", "300"]);
+        b.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+        let id = format!("path{i}");
+        let mut args = vec!["run", "-d", "--bundle", b.path().to_str().unwrap(), &id];
+        if systemd {
+            args.insert(0, "--systemd-cgroup");
+        }
+        let out = b.oci(&args);
+        assert!(out.status.success(), "{path}: {}", stderr(&out));
+        let seen = cgroup_of(pid_of(&b, &id));
+        assert_eq!(mount.join(seen.trim_start_matches('/')), expected, "{path}");
+        let out = b.oci(&["delete", "--force", &id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!expected.exists(), "delete left {}", expected.display());
+        // rcrun keeps the parents it made (as runc does): the test removes them.
+        let mut dir = expected.parent().unwrap();
+        while dir != mount && dir != own_parent && std::fs::remove_dir(dir).is_ok() {
+            dir = dir.parent().unwrap();
+        }
+    }
+}

@@ -81,14 +81,17 @@ fn clone_into(flags: u64, cgroup: Option<&OwnedFd>) -> nix::Result<(Option<Pid>,
     }
 }
 
-/// In the child: the cgroup move clone3 could not do (see [`clone_into`]).
-fn join_cgroup(cgroup: Option<&OwnedFd>, must_join: bool) -> Result<(), SetupFailure> {
-    match cgroup {
-        Some(fd) if must_join => {
-            cgroup::join_self(fd).map_err(|e| failure("join the container's cgroup", e))
-        }
-        _ => Ok(()),
+/// The child's first steps: the cgroup move clone3 could not do (see
+/// [`clone_into`]), then its oom_score_adj.
+fn child_start(
+    cgroup: Option<&OwnedFd>,
+    must_join: bool,
+    oom_score_adj: Option<i32>,
+) -> Result<(), SetupFailure> {
+    if let Some(fd) = cgroup.filter(|_| must_join) {
+        cgroup::join_self(fd).map_err(|e| failure("join the container's cgroup", e))?;
     }
+    oom_score_adj.map_or(Ok(()), process::set_oom_score_adj)
 }
 
 /// Starts `body` in the planned namespaces, in `cgroup` (an open cgroup directory)
@@ -127,29 +130,27 @@ pub(crate) fn spawn(
         } else {
             ns.create
         };
-        let pid = match clone_into(flags, cgroup).map_err(|e| clone_error(e, ns.create))? {
-            (None, must_join) => {
-                drop(parent);
-                run_child(&child, || {
-                    if let Err(f) = join_cgroup(cgroup, must_join) {
-                        return f;
-                    }
-                    if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
-                        return f;
-                    }
-                    if new_user && let Err(f) = wait_for_maps(&child) {
-                        return f;
-                    }
-                    if late_cgroup_ns
-                        && let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-                    {
-                        return failure("create the cgroup namespace", e);
-                    }
-                    body(&child)
-                })
-            }
-            (Some(pid), _) => pid,
-        };
+        let pid =
+            match clone_into(flags, cgroup).map_err(|e| clone_error(e, flags, cgroup.is_some()))? {
+                (None, must_join) => {
+                    drop(parent);
+                    run_child(&child, || {
+                        if let Err(f) = child_start(cgroup, must_join, oom_score_adj) {
+                            return f;
+                        }
+                        if new_user && let Err(f) = wait_for_maps(&child) {
+                            return f;
+                        }
+                        if late_cgroup_ns
+                            && let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                        {
+                            return failure("create the cgroup namespace", e);
+                        }
+                        body(&child)
+                    })
+                }
+                (Some(pid), _) => pid,
+            };
         drop(child);
         if let Some(maps) = maps.filter(|_| new_user)
             && let Err(e) = write_maps(pid, maps, &parent)
@@ -165,14 +166,11 @@ pub(crate) fn spawn(
 
     // The intermediate starts in the cgroup, so its child (the container's process)
     // is born there, whatever namespaces it joins in between.
-    let middle = match clone_into(0, cgroup).map_err(|e| Error::sys("fork", e))? {
+    let middle = match clone_into(0, cgroup).map_err(|e| clone_error(e, 0, cgroup.is_some()))? {
         (None, must_join) => {
             drop(parent);
             run_child(&child, || {
-                if let Err(f) = join_cgroup(cgroup, must_join) {
-                    return f;
-                }
-                if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
+                if let Err(f) = child_start(cgroup, must_join, oom_score_adj) {
                     return f;
                 }
                 intermediate(ns, &join, &child, body)
@@ -222,8 +220,22 @@ pub(crate) fn spawn(
     }
 }
 
-fn clone_error(e: Errno, flags: u64) -> Error {
-    let hint = if e == Errno::EPERM || e == Errno::ENOSPC || e == Errno::EUSERS {
+fn clone_error(e: Errno, flags: u64, into_cgroup: bool) -> Error {
+    // What CLONE_INTO_CGROUP alone fails with: the target is not a leaf we may join.
+    if into_cgroup
+        && matches!(
+            e,
+            Errno::EBUSY | Errno::EACCES | Errno::ENOENT | Errno::EOPNOTSUPP
+        )
+    {
+        return Error::sys(
+            "start the container's process in its cgroup (is the cgroup writable for you, and a leaf without enabled controllers?)",
+            e,
+        );
+    }
+    let hint = if flags == 0 {
+        ""
+    } else if e == Errno::EPERM || e == Errno::ENOSPC || e == Errno::EUSERS {
         if flags & libc::CLONE_NEWUSER as u64 != 0 {
             " (are unprivileged user namespaces enabled? see sysctl kernel.unprivileged_userns_clone and user.max_user_namespaces)"
         } else {
@@ -232,7 +244,12 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     } else {
         ""
     };
-    Error::sys(format!("create the container's namespaces{hint}"), e)
+    let what = if flags == 0 {
+        "fork"
+    } else {
+        "create the container's namespaces"
+    };
+    Error::sys(format!("{what}{hint}"), e)
 }
 
 fn intermediate(
