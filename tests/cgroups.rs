@@ -360,3 +360,38 @@ fn cgroups_path_relative_absolute_and_systemd_style() {
         }
     }
 }
+
+#[test]
+fn a_cgroup_that_holds_processes_is_not_taken_over() {
+    if !tree_writable() {
+        return; // no cgroups here at all: nothing could be taken over
+    }
+    let first = Bundle::busybox(&["sleep", "300"]);
+    let out = first.oci(&[
+        "run",
+        "-d",
+        "--bundle",
+        first.path().to_str().unwrap(),
+        "owner",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let taken = default_cgroup("owner").unwrap();
+    let mount = v2_mount().unwrap();
+    let b = Bundle::busybox(&["echo", "ran"]);
+    let path = format!("/{}", taken.strip_prefix(&mount).unwrap().display());
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+    let out = b.run("intruder");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds processes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(b.list().is_empty());
+    assert_eq!(
+        first.status("owner"),
+        "running",
+        "the first container was harmed"
+    );
+    assert!(taken.exists());
+}

@@ -460,6 +460,13 @@ pub(crate) fn prepare(spec: &Spec, id: &str, systemd: bool) -> Result<Option<Pre
                 .into(),
         ));
     }
+    // delete kills whatever is in the container's cgroup: it must not be someone else's.
+    if std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()) {
+        return Err(Error::InvalidConfig(format!(
+            "the cgroup {} already holds processes; give the container a cgroup of its own (linux.cgroupsPath)",
+            dir.display()
+        )));
+    }
     if let Err(e) = create_path(&mount, &dir, &asked) {
         let hint = if matches!(
             e.raw_os_error(),
