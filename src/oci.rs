@@ -85,6 +85,9 @@ enum OciCommand {
     State { id: String },
     /// Send a signal (default SIGTERM) to a container's process.
     Kill {
+        /// Signal every process of the container, not only its init.
+        #[arg(long, short)]
+        all: bool,
         id: String,
         #[arg(default_value = "TERM")]
         signal: String,
@@ -112,6 +115,29 @@ enum OciCommand {
     Exec(ExecArgs),
     /// Print the features rcrun supports, as JSON (runtime-spec features.md).
     Features,
+    /// Freeze every process of a container (needs its cgroup).
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the pids of a container's processes.
+    Ps {
+        #[arg(long, short, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        id: String,
+    },
+    /// Change a running container's cgroup limits.
+    Update {
+        /// linux.resources JSON to apply ("-" reads stdin).
+        #[arg(long, short)]
+        resources: Option<PathBuf>,
+        /// memory.limit in bytes (-1: unlimited).
+        #[arg(long, allow_hyphen_values = true)]
+        memory: Option<i64>,
+        /// pids.limit (-1: unlimited).
+        #[arg(long, allow_hyphen_values = true)]
+        pids_limit: Option<i64>,
+        id: String,
+    },
     /// List containers.
     List {
         #[arg(long, short, value_enum, default_value_t = ListFormat::Table)]
@@ -305,6 +331,73 @@ fn print_list(states: &[State], format: ListFormat, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// `ps`'s table: the host's view of each process, as `ps -f` shows it.
+fn print_process_table(pids: &[i32]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<8} {:<8} {:<8} CMD", "UID", "PID", "PPID")?;
+    for pid in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue; // exited meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string()
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ");
+        writeln!(
+            out,
+            "{:<8} {:<8} {:<8} {}",
+            field("Uid:"),
+            pid,
+            field("PPid:"),
+            if cmd.is_empty() { field("Name:") } else { cmd }
+        )?;
+    }
+    Ok(())
+}
+
+/// `update`'s resources: the JSON file (or stdin), then the flags on top.
+fn update_resources(
+    file: Option<&Path>,
+    memory: Option<i64>,
+    pids_limit: Option<i64>,
+) -> Result<runtime::LinuxResources> {
+    let mut r: runtime::LinuxResources = match file {
+        None => Default::default(),
+        Some(p) => {
+            let text = if p == Path::new("-") {
+                std::io::read_to_string(std::io::stdin()).context("read resources from stdin")?
+            } else {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("read resources from {}", p.display()))?
+            };
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not linux.resources JSON", p.display()))?
+        }
+    };
+    if let Some(m) = memory {
+        let mut mem = r.memory().unwrap_or_default();
+        mem.set_limit(Some(m));
+        r.set_memory(Some(mem));
+    }
+    if let Some(n) = pids_limit {
+        let mut pids = oci_spec::runtime::LinuxPids::default();
+        pids.set_limit(n);
+        r.set_pids(Some(pids));
+    }
+    if file.is_none() && memory.is_none() && pids_limit.is_none() {
+        bail!("update needs --resources FILE, --memory or --pids-limit");
+    }
+    Ok(r)
+}
+
 /// Runs one command; `Ok(code)` is the exit code to return.
 fn dispatch(cli: &OciCli) -> Result<i32> {
     let Some(command) = &cli.command else {
@@ -314,7 +407,8 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
         }
         bail!("no command given; see `rcrun-oci --help`");
     };
-    let rt = Runtime::new(cli.root.clone().unwrap_or_else(Runtime::default_root));
+    let rt = Runtime::new(cli.root.clone().unwrap_or_else(Runtime::default_root))
+        .systemd_cgroup(cli.systemd_cgroup);
     match command {
         OciCommand::Spec { rootless, bundle } => write_spec(bundle, *rootless).map(|()| 0),
         OciCommand::Create { bundle, start, id } => {
@@ -332,9 +426,35 @@ fn dispatch(cli: &OciCli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&state)?);
             Ok(0)
         }
-        OciCommand::Kill { id, signal } => {
+        OciCommand::Kill { all, id, signal } => {
             let signal = runtime::parse_signal(signal)?;
-            rt.kill(id, signal)?;
+            if *all {
+                rt.kill_all(id, signal)?;
+            } else {
+                rt.kill(id, signal)?;
+            }
+            Ok(0)
+        }
+        OciCommand::Pause { id } => rt.pause(id).map(|()| 0).map_err(Into::into),
+        OciCommand::Resume { id } => rt.resume(id).map(|()| 0).map_err(Into::into),
+        OciCommand::Ps { format, id } => {
+            let pids = rt.pids(id)?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+                ListFormat::Table => print_process_table(&pids)?,
+            }
+            Ok(0)
+        }
+        OciCommand::Update {
+            resources,
+            memory,
+            pids_limit,
+            id,
+        } => {
+            rt.update(
+                id,
+                &update_resources(resources.as_deref(), *memory, *pids_limit)?,
+            )?;
             Ok(0)
         }
         OciCommand::Delete { force, id } => rt.delete(id, *force).map(|()| 0).map_err(Into::into),

@@ -448,3 +448,27 @@ fn warnings_go_to_the_log_not_to_the_containers_stderr() {
         "{line}"
     );
 }
+
+#[test]
+fn ps_lists_the_containers_processes_as_a_table_and_as_json() {
+    let b = Bundle::busybox(&["sh", "-c", "sleep 30 & wait"]);
+    b.start_detached("procs");
+    let json_pids = || -> Vec<i64> {
+        let out = b.oci(&["ps", "--format", "json", "procs"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert!(common::wait_until(Duration::from_secs(10), || json_pids()
+        .len()
+        == 2));
+    let out = b.oci(&["ps", "procs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("UID"), "{table}");
+    assert!(table.contains("sleep 30"), "{table}");
+    for pid in json_pids() {
+        assert!(table.contains(&format!(" {pid} ")), "{pid} in {table}");
+    }
+    let out = b.oci(&["ps", "ghost"]);
+    assert_eq!(out.status.code(), Some(125));
+}

@@ -401,34 +401,6 @@ pub(crate) fn process_plan(spec: &Spec) -> Result<ProcessPlan> {
     })
 }
 
-/// The resource limits a spec asks for, which rcrun does not apply yet.
-fn unapplied_limits(spec: &Spec) -> Option<String> {
-    let r = spec.linux().as_ref()?.resources().as_ref()?;
-    let asked: Vec<&str> = [
-        ("memory", r.memory().is_some()),
-        ("cpu", r.cpu().is_some()),
-        ("pids", r.pids().is_some()),
-        ("blockIO", r.block_io().is_some()),
-        (
-            "hugepageLimits",
-            r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()),
-        ),
-        (
-            "unified",
-            r.unified().as_ref().is_some_and(|u| !u.is_empty()),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    (!asked.is_empty()).then(|| {
-        format!(
-            "linux.resources ({}) is not applied: rcrun does not manage cgroups yet, so the container runs without these limits",
-            asked.join(", ")
-        )
-    })
-}
-
 /// Fields rcrun does not implement yet: said out loud instead of silently ignored.
 fn unsupported_fields(spec: &Spec) -> Vec<String> {
     let linux = spec.linux().as_ref();
@@ -464,7 +436,7 @@ fn unsupported_fields(spec: &Spec) -> Vec<String> {
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
-    let mut out: Vec<String> = unapplied_limits(spec).into_iter().collect();
+    let mut out = Vec::new();
     if !named.is_empty() {
         out.push(format!(
             "{} not supported yet and ignored",

@@ -17,6 +17,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, Uid};
 
+use crate::cgroup::{self, Cgroup};
 use crate::channel::{Channel, ToChild, ToParent};
 use crate::config::{self, ContainerConfig, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
@@ -33,6 +34,8 @@ use crate::{mounts, nsfields, seccomp, sys, tty};
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
+    /// `linux.cgroupsPath` is systemd's slice:prefix:name (see cgroup.rs).
+    systemd_cgroup: bool,
 }
 
 /// What runc's `create` and `run` options change about starting a container.
@@ -101,23 +104,31 @@ enum Gate {
     Message,
 }
 
-/// Removes a half-made container directory unless disarmed, then runs the
-/// poststop hooks (the container is destroyed).
-struct Rollback(Option<PathBuf>, Option<hooks::Poststop>);
+/// Destroys a half-made container unless disarmed: its cgroup, its state
+/// directory, then its poststop hooks.
+struct Rollback {
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    poststop: Option<hooks::Poststop>,
+}
 
 impl Rollback {
     fn disarm(mut self) {
-        self.0 = None;
-        self.1 = None;
+        self.dir = None;
+        self.cgroup = None;
+        self.poststop = None;
     }
 }
 
 impl Drop for Rollback {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
+        if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
-        if let Some(poststop) = self.1.take() {
+        if let Some(poststop) = self.poststop.take() {
             poststop.run();
         }
     }
@@ -312,7 +323,17 @@ fn exec_body(plan: &ProcessPlan, mask: &SigSet, channel: &Channel) -> SetupFailu
 
 impl Runtime {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Runtime { root: root.into() }
+        Runtime {
+            root: root.into(),
+            systemd_cgroup: false,
+        }
+    }
+
+    /// Reads `linux.cgroupsPath` as systemd's `slice:prefix:name` (runc's
+    /// `--systemd-cgroup`); with no systemd, it is laid out in cgroupfs as systemd would.
+    pub fn systemd_cgroup(mut self, on: bool) -> Self {
+        self.systemd_cgroup = on;
+        self
     }
 
     /// `/run/rcrun/oci` for root; `$XDG_RUNTIME_DIR/rcrun/oci` or `/tmp/rcrun-UID/oci`
@@ -334,11 +355,25 @@ impl Runtime {
         base.join("oci")
     }
 
+    /// The cgroup's name when a spec gives no cgroupsPath: containers of other state
+    /// roots may have the same id.
+    pub fn default_cgroup_name(&self, id: &str) -> String {
+        use sha2::{Digest, Sha256};
+        if self.root == Self::default_root() {
+            return format!("rcrun-{id}");
+        }
+        let hash = Sha256::digest(self.root.as_os_str().as_encoded_bytes());
+        format!(
+            "rcrun-{id}-{:02x}{:02x}{:02x}{:02x}",
+            hash[0], hash[1], hash[2], hash[3]
+        )
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn dir(&self, id: &str) -> Result<PathBuf> {
+    pub(crate) fn dir(&self, id: &str) -> Result<PathBuf> {
         state::validate_id(id)?;
         Ok(self.root.join(id))
     }
@@ -369,7 +404,7 @@ impl Runtime {
     }
 
     /// Holds an exclusive lock on a container until dropped.
-    fn lock(&self, id: &str) -> Result<(PathBuf, File)> {
+    pub(crate) fn lock(&self, id: &str) -> Result<(PathBuf, File)> {
         let dir = self.dir(id)?;
         let handle = File::open(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.to_string()),
@@ -394,10 +429,17 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
         }
-        Ok((dir.clone(), Rollback(Some(dir), None)))
+        Ok((
+            dir.clone(),
+            Rollback {
+                dir: Some(dir),
+                cgroup: None,
+                poststop: None,
+            },
+        ))
     }
 
-    fn record(cfg: &ContainerConfig, id: &str, pid: Pid) -> Record {
+    fn record(cfg: &ContainerConfig, id: &str, pid: Pid, cgroup: Option<&Cgroup>) -> Record {
         Record {
             id: id.to_string(),
             bundle: cfg.bundle.clone(),
@@ -407,6 +449,7 @@ impl Runtime {
             created: state::now_rfc3339(),
             owner: Uid::effective().as_raw(),
             spec: cfg.spec.clone(),
+            cgroup: cgroup.map(|c| c.dir.clone()),
         }
     }
 
@@ -421,6 +464,12 @@ impl Runtime {
         pid_file: Option<&Path>,
     ) -> Result<(Spawned, Option<OwnedFd>, Rollback)> {
         let (dir, mut rollback) = self.new_container_dir(id)?;
+        let placed = cgroup::prepare(
+            &cfg.spec,
+            &self.default_cgroup_name(id),
+            self.systemd_cgroup,
+        )?;
+        rollback.cgroup = placed.as_ref().map(|p| p.cgroup.clone());
         let gate = gate(&dir)?;
         // Idmapped mounts of host filesystems can only be made here, as root.
         let premade = mountattr::premake(&cfg.rootfs.mounts)?;
@@ -429,16 +478,17 @@ impl Runtime {
             &cfg.namespaces,
             cfg.maps.as_ref(),
             cfg.process.oom_score_adj,
+            placed.as_ref().map(|p| &p.fd),
             |ch| init_body(cfg, &premade, &gate, &mask, ch),
         )?;
         let state = HookState::new(&cfg.spec, id, spawned.pid, &cfg.bundle, Status::Creating);
-        rollback.1 = hooks::Poststop::new(&cfg.spec, state.clone());
+        rollback.poststop = hooks::Poststop::new(&cfg.spec, state.clone());
         if let Err(e) = hooks::serve_pause(&spawned.channel, &cfg.spec, &state) {
             kill_and_reap(spawned.pid);
             return Err(e);
         }
         let ready = await_ready(&spawned)?;
-        let record = Self::record(cfg, id, spawned.pid);
+        let record = Self::record(cfg, id, spawned.pid, placed.as_ref().map(|p| &p.cgroup));
         let saved = record
             .save(&dir)
             .and_then(|()| write_pid_file(pid_file, spawned.pid))
@@ -643,7 +693,10 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: i32) -> Result<()> {
         let dir = self.dir(id)?;
         let rec = Record::load(&dir, id)?;
-        if !matches!(rec.status(&dir), Status::Created | Status::Running) {
+        if !matches!(
+            rec.status(&dir),
+            Status::Created | Status::Running | Status::Paused
+        ) {
             return Err(Error::WrongState {
                 id: id.to_string(),
                 status: "stopped",
@@ -695,15 +748,18 @@ impl Runtime {
         };
         if let Some(rec) = &rec {
             let status = rec.status(&dir);
-            if status == Status::Running && !force {
+            if matches!(status, Status::Running | Status::Paused) && !force {
                 return Err(Error::WrongState {
                     id: id.to_string(),
-                    status: "running",
+                    status: status.as_str(),
                     hint: "stop it first (`kill`) or use `delete --force`",
                 });
             }
             if rec.alive() {
                 kill_and_wait(rec)?;
+            }
+            if let Some(dir) = &rec.cgroup {
+                Cgroup { dir: dir.clone() }.remove();
             }
         }
         std::fs::remove_dir_all(&dir)
@@ -763,7 +819,8 @@ impl Runtime {
             BlockedSignals::block()?
         };
         let mask = signals.original;
-        let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, |ch| {
+        let cgroup = rec.cgroup.as_deref().map(cgroup::open_dir).transpose()?;
+        let spawned = spawn::spawn(&ns, None, plan.oom_score_adj, cgroup.as_ref(), |ch| {
             exec_body(&plan, &mask, ch)
         })?;
         let ready = await_ready(&spawned)?;

@@ -66,6 +66,10 @@ pub enum Error {
     #[error("unknown signal {0:?}: use a name like TERM, SIGKILL or a number 1-64")]
     UnknownSignal(String),
 
+    /// cgroup placement or limits failed (see cgroup.rs).
+    #[error("cgroup: {0}")]
+    Cgroup(String),
+
     #[error("{step}: {detail}")]
     Setup {
         step: String,

@@ -171,7 +171,7 @@ pub(crate) fn run_warning(kind: Kind, spec: &Spec, state: &HookState) {
     let json = serde_json::to_vec(state).expect("state serialises");
     for (i, hook) in kind.of(spec).iter().enumerate() {
         if let Err(f) = run_one(kind, i, hook, &json) {
-            eprintln!("rcrun: warning: {}: {}", f.step, f.detail);
+            crate::warn::warn(&format!("{}: {}", f.step, f.detail));
         }
     }
 }

@@ -12,6 +12,7 @@
 //! [`Runtime::run`]); the CLI is.
 
 mod caps;
+mod cgroup;
 mod channel;
 mod config;
 mod container;
@@ -36,10 +37,12 @@ mod tty;
 mod userns;
 mod warn;
 
+pub use cgroup::MODE_ENV as CGROUPS_MODE_ENV;
 pub use container::{CreateOptions, ExecOptions, RunOptions, Runtime, StartOptions};
 pub use error::{Error, FailureKind, Result};
 pub use features::{SPEC_VERSION, features};
 pub use idmap::{SubordinateRange, current_user_mappings, parse_subordinate};
+pub use oci_spec::runtime::LinuxResources;
 pub use overlay::{OverlayDriver, RootfsOverlay, probe_overlay};
 pub use seccomp::{SeccompFeatures, check_seccomp, seccomp_features};
 pub use signal::parse_signal;

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use crate::channel::{self, Channel, ToChild, ToParent};
 use crate::config::{IdMaps, NamespacePlan};
 use crate::error::{Error, FailureKind, Result, SetupFailure};
-use crate::{idmap, process, sys};
+use crate::{cgroup, idmap, process, sys};
 
 /// The started process and the parent's end of its channel.
 pub(crate) struct Spawned {
@@ -70,12 +70,38 @@ fn write_maps(pid: Pid, maps: &IdMaps, channel: &Channel) -> Result<()> {
         .map_err(|e| Error::sys("tell the container its id maps are written", e))
 }
 
-/// Starts `body` in the planned namespaces. `body` runs in the final process and
-/// returns only on failure (success ends in exec).
+/// clone3 straight into `cgroup`. On a kernel without CLONE_INTO_CGROUP a plain
+/// clone3, and `true`: the child must move itself there before anything else.
+fn clone_into(flags: u64, cgroup: Option<&OwnedFd>) -> nix::Result<(Option<Pid>, bool)> {
+    match sys::clone3_into(flags, cgroup) {
+        Err(Errno::E2BIG | Errno::EINVAL) if cgroup.is_some() => {
+            sys::clone3(flags).map(|pid| (pid, true))
+        }
+        other => other.map(|pid| (pid, false)),
+    }
+}
+
+/// The child's first steps: the cgroup move clone3 could not do (see
+/// [`clone_into`]), then its oom_score_adj.
+fn child_start(
+    cgroup: Option<&OwnedFd>,
+    must_join: bool,
+    oom_score_adj: Option<i32>,
+) -> Result<(), SetupFailure> {
+    if let Some(fd) = cgroup.filter(|_| must_join) {
+        cgroup::join_self(fd).map_err(|e| failure("join the container's cgroup", e))?;
+    }
+    oom_score_adj.map_or(Ok(()), process::set_oom_score_adj)
+}
+
+/// Starts `body` in the planned namespaces, in `cgroup` (an open cgroup directory)
+/// from its first instruction. `body` runs in the final process and returns only
+/// on failure (success ends in exec).
 pub(crate) fn spawn(
     ns: &NamespacePlan,
     maps: Option<&IdMaps>,
     oom_score_adj: Option<i32>,
+    cgroup: Option<&OwnedFd>,
     body: impl FnOnce(&Channel) -> SetupFailure,
 ) -> Result<Spawned> {
     sys::ensure_single_threaded().map_err(Error::InvalidConfig)?;
@@ -98,21 +124,35 @@ pub(crate) fn spawn(
     // Time offsets must be written before the init enters its time namespace:
     // only the intermediate path has a process to write them from.
     if join.is_empty() && ns.time_offsets.is_none() {
-        let pid = match sys::clone3(ns.create).map_err(|e| clone_error(e, ns.create))? {
-            None => {
-                drop(parent);
-                run_child(&child, || {
-                    if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
-                        return f;
-                    }
-                    if new_user && let Err(f) = wait_for_maps(&child) {
-                        return f;
-                    }
-                    body(&child)
-                })
-            }
-            Some(pid) => pid,
+        // A cgroup namespace made by the same clone3 would be rooted at rcrun's own
+        // cgroup: the child unshares it once it is in the container's.
+        let late_cgroup_ns = cgroup.is_some() && ns.creates(libc::CLONE_NEWCGROUP);
+        let flags = if late_cgroup_ns {
+            ns.create & !(libc::CLONE_NEWCGROUP as u64)
+        } else {
+            ns.create
         };
+        let pid =
+            match clone_into(flags, cgroup).map_err(|e| clone_error(e, flags, cgroup.is_some()))? {
+                (None, must_join) => {
+                    drop(parent);
+                    run_child(&child, || {
+                        if let Err(f) = child_start(cgroup, must_join, oom_score_adj) {
+                            return f;
+                        }
+                        if new_user && let Err(f) = wait_for_maps(&child) {
+                            return f;
+                        }
+                        if late_cgroup_ns
+                            && let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                        {
+                            return failure("create the cgroup namespace", e);
+                        }
+                        body(&child)
+                    })
+                }
+                (Some(pid), _) => pid,
+            };
         drop(child);
         if let Some(maps) = maps.filter(|_| new_user)
             && let Err(e) = write_maps(pid, maps, &parent)
@@ -126,17 +166,19 @@ pub(crate) fn spawn(
         });
     }
 
-    let middle = match sys::clone3(0).map_err(|e| Error::sys("fork", e))? {
-        None => {
+    // The intermediate starts in the cgroup, so its child (the container's process)
+    // is born there, whatever namespaces it joins in between.
+    let middle = match clone_into(0, cgroup).map_err(|e| clone_error(e, 0, cgroup.is_some()))? {
+        (None, must_join) => {
             drop(parent);
             run_child(&child, || {
-                if let Some(Err(f)) = oom_score_adj.map(process::set_oom_score_adj) {
+                if let Err(f) = child_start(cgroup, must_join, oom_score_adj) {
                     return f;
                 }
                 intermediate(ns, &join, &child, body)
             })
         }
-        Some(pid) => pid,
+        (Some(pid), _) => pid,
     };
     drop(child);
     drop(join);
@@ -180,8 +222,22 @@ pub(crate) fn spawn(
     }
 }
 
-fn clone_error(e: Errno, flags: u64) -> Error {
-    let hint = if e == Errno::EPERM || e == Errno::ENOSPC || e == Errno::EUSERS {
+fn clone_error(e: Errno, flags: u64, into_cgroup: bool) -> Error {
+    // What CLONE_INTO_CGROUP alone fails with: the target is not a leaf we may join.
+    if into_cgroup
+        && matches!(
+            e,
+            Errno::EBUSY | Errno::EACCES | Errno::ENOENT | Errno::EOPNOTSUPP
+        )
+    {
+        return Error::sys(
+            "start the container's process in its cgroup (is the cgroup writable for you, and a leaf without enabled controllers?)",
+            e,
+        );
+    }
+    let hint = if flags == 0 {
+        ""
+    } else if e == Errno::EPERM || e == Errno::ENOSPC || e == Errno::EUSERS {
         if flags & libc::CLONE_NEWUSER as u64 != 0 {
             " (are unprivileged user namespaces enabled? see sysctl kernel.unprivileged_userns_clone and user.max_user_namespaces)"
         } else {
@@ -190,7 +246,12 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     } else {
         ""
     };
-    Error::sys(format!("create the container's namespaces{hint}"), e)
+    let what = if flags == 0 {
+        "fork"
+    } else {
+        "create the container's namespaces"
+    };
+    Error::sys(format!("{what}{hint}"), e)
 }
 
 fn intermediate(

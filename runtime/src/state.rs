@@ -27,6 +27,9 @@ pub(crate) struct Record {
     pub created: String,
     pub owner: u32,
     pub spec: Spec,
+    /// The container's cgroup directory, when it has one (cgroup.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,8 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    /// Running, but frozen by `pause`.
+    Paused,
     Stopped,
 }
 
@@ -44,6 +49,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -127,6 +133,8 @@ impl Record {
             Status::Stopped
         } else if dir.join(FIFO).exists() {
             Status::Created
+        } else if self.cgroup.as_deref().is_some_and(crate::cgroup::is_frozen) {
+            Status::Paused
         } else {
             Status::Running
         }

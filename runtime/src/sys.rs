@@ -14,8 +14,22 @@ use nix::unistd::Pid;
 /// [`ensure_single_threaded`]): no atfork handlers run, so locks held by other
 /// threads would stay locked in the child.
 pub(crate) fn clone3(flags: u64) -> nix::Result<Option<Pid>> {
+    clone3_into(flags, None)
+}
+
+/// libc's constant is a c_int, too narrow for this bit.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`clone3`], the child starting in the cgroup whose directory is `cgroup`
+/// (CLONE_INTO_CGROUP, Linux 5.7+: older kernels fail with E2BIG or EINVAL).
+pub(crate) fn clone3_into(flags: u64, cgroup: Option<&OwnedFd>) -> nix::Result<Option<Pid>> {
+    // SAFETY: clone_args is plain data; all-zero is "no options".
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = flags;
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
     // With CLONE_PARENT the kernel insists on 0 and uses the caller's exit signal.
     if flags & libc::CLONE_PARENT as u64 == 0 {
         args.exit_signal = libc::SIGCHLD as u64;
