@@ -98,10 +98,12 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // The shim's rootfs mounts are gone with the tasks; anything left would keep
+        // the temp dir from being removed.
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.path().join("state"))
-            .status();
+            .output();
     }
 }
 

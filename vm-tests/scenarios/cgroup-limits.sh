@@ -65,7 +65,7 @@ retry 30 sh -c "[ \"\$(awk '/^max / { print \$2 }' $VM_CGROUP/rcrun-bomb/pids.ev
 retry 30 sh -c "[ \$(cat $VM_CGROUP/rcrun-bomb/pids.current) -lt 10 ]"
 procs=$(wc -l <"$VM_CGROUP/rcrun-bomb/cgroup.procs")
 [ "$procs" -ge 5 ] && [ "$procs" -lt 10 ] || fail "$procs processes left in a cgroup with pids.max 10"
-expect_eq "ps lists every process" "$procs" "$(rcrun oci ps bomb | wc -l)"
+expect_eq "ps lists every process" "$procs" "$(rcrun oci ps --format json bomb | tr ',' '\n' | wc -l)"
 rcrun oci delete --force bomb
 [ ! -e "$VM_CGROUP/rcrun-bomb" ] || fail "delete --force left the cgroup behind"
 echo "fork bomb stopped at pids.max ($procs processes): ok"
@@ -87,7 +87,7 @@ expect_status "exec into a paused container" 125 rcrun oci exec live true
 rcrun oci resume live
 expect_eq "state after resume" running "$(status_of live)"
 expect_contains "cgroup.events after resume" "frozen 0" "$(cat "$cg/cgroup.events")"
-expect_eq "ps" "$pid" "$(rcrun oci ps live)"
+expect_eq "ps" "[$pid]" "$(rcrun oci ps --format json live)"
 rcrun oci kill --all live KILL
 retry 20 sh -c '[ "$(rcrun oci state live | sed -n "s/.*\"status\": \"\([a-z]*\)\".*/\1/p")" = stopped ]'
 rcrun oci delete live
