@@ -37,14 +37,12 @@ if [ -z "${_COMPARE_INNER:-}" ]; then
     || die "busybox fixture missing: sudo scripts/fixtures build busybox"
   echo "rcrun binary: $RCRUN"
 
-  WORK=$(mktemp -d /tmp/rcrun-compare-podman.XXXXXX)
-  chmod 755 "$WORK"
-  cleanup() {
-    # podman's storage holds files of subordinate ids: remove them as the bench user.
-    [ ! -d "$WORK/u" ] || runuser -u "${BENCH_USER:-rcrun-ci}" -- env XDG_RUNTIME_DIR="$WORK/u/xdg" \
-      podman unshare rm -rf "$WORK/u" 2>/dev/null || true
-    rm -rf "$WORK"
-  }
+  # lower case only: podman names an image pulled from oci:DIR after DIR's path
+  WORK=/tmp/rcrun-compare-podman-$$
+  mkdir -m 755 "$WORK" || die "$WORK exists"
+  # root removes podman's storage (files of subordinate ids) once the bench user's
+  # namespaces, and their mounts, are gone
+  cleanup() { rm -rf "$WORK"; }
   trap cleanup EXIT
   cp "$HERE/compare-podman.sh" "$HERE/roundrobin.py" "$WORK/"
   mkdir "$WORK/bin" && cp "$RCRUN" "$WORK/bin/rcrun-oci"
