@@ -88,6 +88,27 @@ pub struct RunArgs {
     /// no-new-privileges. The default seccomp profile blocks what Docker's does.
     #[arg(long = "security-opt")]
     security_opt: Vec<String>,
+    /// Memory limit (bytes, or with b, k, m, g), applied in the container's cgroup.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Soft memory limit (memory.low).
+    #[arg(long)]
+    memory_reservation: Option<String>,
+    /// Memory plus swap (-1: unlimited swap); needs --memory.
+    #[arg(long, allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Most processes the container may have (-1: no limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// CPUs the container may use, e.g. 1.5 (a CFS quota).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Relative CPU weight (1024 is the default).
+    #[arg(short = 'c', long)]
+    cpu_shares: Option<u64>,
+    /// CPUs the container may run on, e.g. 0-2,4.
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
     /// Keep stdin open.
     #[arg(short, long)]
     interactive: bool,
@@ -774,6 +795,15 @@ pub fn run(command: Command) -> Result<i32> {
                     tty: args.tty,
                     network: Default::default(),
                     security: rcrun::seccomp::parse_security_opts(&args.security_opt)?,
+                    resources: rcrun::spec::resources(&rcrun::spec::LimitFlags {
+                        memory: args.memory,
+                        memory_reservation: args.memory_reservation,
+                        memory_swap: args.memory_swap,
+                        pids_limit: args.pids_limit,
+                        cpus: args.cpus,
+                        cpu_shares: args.cpu_shares,
+                        cpuset_cpus: args.cpuset_cpus,
+                    })?,
                 },
                 network,
                 publish,

@@ -25,6 +25,124 @@ pub struct RunRequest {
     pub network: NetNs,
     /// `--security-opt`: the seccomp profile and no-new-privileges.
     pub security: crate::seccomp::SecurityOpts,
+    /// `--memory`, `--pids-limit`, `--cpus`…: linux.resources, if any were asked for.
+    pub resources: Option<Value>,
+}
+
+/// docker's resource flags of `rcrun run`, as given.
+#[derive(Debug, Clone, Default)]
+pub struct LimitFlags {
+    pub memory: Option<String>,
+    pub memory_reservation: Option<String>,
+    pub memory_swap: Option<String>,
+    pub pids_limit: Option<i64>,
+    pub cpus: Option<String>,
+    pub cpu_shares: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+}
+
+/// A size as docker takes it: bytes, or a number with b, k, m or g (powers of 1024).
+fn parse_size(flag: &str, text: &str) -> Result<i64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let scale: f64 = match unit.trim_end_matches('b') {
+        _ if unit.is_empty() || unit == "b" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => f64::NAN,
+    };
+    let value: f64 = digits.parse().unwrap_or(f64::NAN) * scale;
+    if !value.is_finite() || value < 1.0 || value > i64::MAX as f64 {
+        bail!("{flag} {text:?}: give a size in bytes, or a number with b, k, m or g (e.g. 512m)");
+    }
+    Ok(value as i64)
+}
+
+/// linux.resources for docker's resource flags; `None` when none was given.
+pub fn resources(flags: &LimitFlags) -> Result<Option<Value>> {
+    let mut r = serde_json::Map::new();
+    let mut memory = serde_json::Map::new();
+    let limit = flags
+        .memory
+        .as_deref()
+        .map(|m| parse_size("--memory", m))
+        .transpose()?;
+    if let Some(limit) = limit {
+        if limit < 6 * 1024 * 1024 {
+            bail!(
+                "--memory {limit}: the minimum is 6m, as with docker (a smaller limit kills the container before it starts)"
+            );
+        }
+        memory.insert("limit".into(), json!(limit));
+    }
+    if let Some(m) = &flags.memory_reservation {
+        memory.insert(
+            "reservation".into(),
+            json!(parse_size("--memory-reservation", m)?),
+        );
+    }
+    if let Some(swap) = &flags.memory_swap {
+        let Some(limit) = limit else {
+            bail!("--memory-swap needs --memory (it is memory plus swap)");
+        };
+        let swap = if swap.trim() == "-1" {
+            -1
+        } else {
+            parse_size("--memory-swap", swap)?
+        };
+        if swap != -1 && swap < limit {
+            bail!(
+                "--memory-swap {swap} is below --memory {limit}: it is memory plus swap, so give at least the memory limit (or -1 for unlimited swap)"
+            );
+        }
+        memory.insert("swap".into(), json!(swap));
+    }
+    if !memory.is_empty() {
+        r.insert("memory".into(), Value::Object(memory));
+    }
+    if let Some(n) = flags.pids_limit {
+        if n == 0 || n < -1 {
+            bail!("--pids-limit {n}: give a positive number, or -1 for no limit");
+        }
+        r.insert("pids".into(), json!({"limit": n}));
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(cpus) = &flags.cpus {
+        let n: f64 = cpus.trim().parse().unwrap_or(f64::NAN);
+        if !n.is_finite() || n <= 0.0 || n > 1024.0 {
+            bail!("--cpus {cpus:?}: give a positive number of CPUs, e.g. 1.5");
+        }
+        const PERIOD: u64 = 100_000;
+        cpu.insert("period".into(), json!(PERIOD));
+        cpu.insert("quota".into(), json!((n * PERIOD as f64).round() as i64));
+    }
+    if let Some(shares) = flags.cpu_shares {
+        if !(2..=262_144).contains(&shares) {
+            bail!(
+                "--cpu-shares {shares}: give a relative weight from 2 to 262144 (1024 is the default)"
+            );
+        }
+        cpu.insert("shares".into(), json!(shares));
+    }
+    if let Some(set) = &flags.cpuset_cpus {
+        let valid = !set.is_empty()
+            && set.split(',').all(|part| {
+                let mut ends = part.splitn(2, '-');
+                ends.all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+        if !valid {
+            bail!("--cpuset-cpus {set:?}: give CPU numbers and ranges, e.g. 0-2,4");
+        }
+        cpu.insert("cpus".into(), json!(set));
+    }
+    if !cpu.is_empty() {
+        r.insert("cpu".into(), Value::Object(cpu));
+    }
+    Ok((!r.is_empty()).then_some(Value::Object(r)))
 }
 
 /// The container's network namespace.
@@ -384,6 +502,9 @@ pub fn build(
     if let Some(seccomp) = crate::seccomp::linux_seccomp(&req.security.seccomp, &DOCKER_CAPS)? {
         spec["linux"]["seccomp"] = seccomp;
     }
+    if let Some(resources) = &req.resources {
+        spec["linux"]["resources"] = resources.clone();
+    }
     let mounts = spec["mounts"]
         .as_array_mut()
         .expect("the default spec has mounts");
@@ -434,6 +555,104 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_flags_become_linux_resources() {
+        let flags = LimitFlags {
+            memory: Some("64m".into()),
+            memory_swap: Some("128M".into()),
+            pids_limit: Some(50),
+            cpus: Some("1.5".into()),
+            cpuset_cpus: Some("0-1,3".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resources(&flags).unwrap().unwrap(),
+            json!({
+                "memory": {"limit": 67108864, "swap": 134217728},
+                "pids": {"limit": 50},
+                "cpu": {"period": 100000, "quota": 150000, "cpus": "0-1,3"},
+            })
+        );
+        assert_eq!(resources(&LimitFlags::default()).unwrap(), None);
+        let unlimited_swap = LimitFlags {
+            memory: Some("1g".into()),
+            memory_swap: Some("-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resources(&unlimited_swap).unwrap().unwrap()["memory"]["swap"],
+            json!(-1)
+        );
+    }
+
+    #[test]
+    fn bad_resource_flags_name_the_flag() {
+        let none = LimitFlags::default;
+        let cases = [
+            (
+                LimitFlags {
+                    memory: Some("12x".into()),
+                    ..none()
+                },
+                "--memory \"12x\"",
+            ),
+            (
+                LimitFlags {
+                    memory: Some("1k".into()),
+                    ..none()
+                },
+                "minimum is 6m",
+            ),
+            (
+                LimitFlags {
+                    memory_swap: Some("1g".into()),
+                    ..none()
+                },
+                "needs --memory",
+            ),
+            (
+                LimitFlags {
+                    memory: Some("1g".into()),
+                    memory_swap: Some("512m".into()),
+                    ..none()
+                },
+                "below --memory",
+            ),
+            (
+                LimitFlags {
+                    pids_limit: Some(0),
+                    ..none()
+                },
+                "--pids-limit 0",
+            ),
+            (
+                LimitFlags {
+                    cpus: Some("lots".into()),
+                    ..none()
+                },
+                "--cpus",
+            ),
+            (
+                LimitFlags {
+                    cpu_shares: Some(1),
+                    ..none()
+                },
+                "--cpu-shares",
+            ),
+            (
+                LimitFlags {
+                    cpuset_cpus: Some("0-".into()),
+                    ..none()
+                },
+                "--cpuset-cpus",
+            ),
+        ];
+        for (flags, needle) in cases {
+            let err = format!("{:#}", resources(&flags).unwrap_err());
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
 
     const PASSWD: &str =
         "root:x:0:0:root:/root:/bin/sh\nredis:x:100:101:Redis:/var/lib/redis:/usr/sbin/nologin\n";
