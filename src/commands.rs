@@ -89,7 +89,8 @@ pub struct RunArgs {
     #[arg(long = "security-opt")]
     security_opt: Vec<String>,
     /// Memory limit (bytes, or with b, k, m, g), applied in the container's cgroup.
-    #[arg(short = 'm', long)]
+    /// (No `-m`/`-c` short forms: a command after the image may start with them.)
+    #[arg(long)]
     memory: Option<String>,
     /// Soft memory limit (memory.low).
     #[arg(long)]
@@ -104,7 +105,7 @@ pub struct RunArgs {
     #[arg(long)]
     cpus: Option<String>,
     /// Relative CPU weight (1024 is the default).
-    #[arg(short = 'c', long)]
+    #[arg(long)]
     cpu_shares: Option<u64>,
     /// CPUs the container may run on, e.g. 0-2,4.
     #[arg(long)]
