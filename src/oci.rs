@@ -119,7 +119,7 @@ enum OciCommand {
     Pause { id: String },
     /// Thaw a paused container.
     Resume { id: String },
-    /// List the pids of a container's processes.
+    /// List a container's processes (a table, or their pids as JSON).
     Ps {
         #[arg(long, short, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
