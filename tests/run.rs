@@ -425,28 +425,6 @@ fn the_copy_fallback_runs_containers_without_overlay() {
     assert_eq!(out.status.code(), Some(125));
 }
 
-/// Reads from a pty master until `pred` holds for what was read (or 20 s pass).
-fn read_pty_until(master: &mut std::fs::File, pred: impl Fn(&str) -> bool) -> String {
-    use std::io::Read;
-    let mut seen = String::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut buf = [0u8; 512];
-    while !pred(&seen) && std::time::Instant::now() < deadline {
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(master),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
-            continue;
-        }
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
-    seen
-}
-
 #[test]
 fn run_t_gives_an_interactive_terminal_that_follows_the_window_size() {
     use std::io::Write;
@@ -489,7 +467,7 @@ fn run_t_gives_an_interactive_terminal_that_follows_the_window_size() {
     drop(slave);
     drop(cmd);
     let mut master = std::fs::File::from(pty.master);
-    let seen = read_pty_until(&mut master, |s| s.contains("40 120"));
+    let seen = common::read_until(&mut master, WAIT, |s| s.contains("40 120"));
     assert!(
         seen.contains("40 120"),
         "the window size at start: {seen:?}"
@@ -503,7 +481,7 @@ fn run_t_gives_an_interactive_terminal_that_follows_the_window_size() {
     let mut resized = false;
     for n in 0..50 {
         master.write_all(format!("probe{n}\n").as_bytes()).unwrap();
-        let seen = read_pty_until(&mut master, |s| {
+        let seen = common::read_until(&mut master, WAIT, |s| {
             s.contains(&format!("probe{n}: ")) && s.ends_with('\n')
         });
         if seen.contains(&format!("probe{n}: 50 132")) {
@@ -513,7 +491,7 @@ fn run_t_gives_an_interactive_terminal_that_follows_the_window_size() {
     }
     assert!(resized, "the container never saw 50 rows and 132 columns");
     master.write_all(b"\x04").unwrap();
-    let seen = read_pty_until(&mut master, |s| s.contains("bye"));
+    let seen = common::read_until(&mut master, WAIT, |s| s.contains("bye"));
     assert!(
         seen.contains("bye"),
         "EOF from the terminal ends the read loop: {seen:?}"

@@ -25,16 +25,7 @@ fn run_ok(b: &Bundle, id: &str) -> String {
 
 /// Runs the bundle, expects exit 125 with `needle` in stderr, and no container left.
 fn refused(b: &Bundle, id: &str, needle: &str) {
-    let out = b.run(id);
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "{id}: {} {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains(needle), "{id}: {}", stderr(&out));
-    assert!(b.list().is_empty(), "{id} left state behind");
+    b.assert_refused(&b.run(id), needle);
 }
 
 fn drop_namespace(c: &mut Value, kind: &str) {

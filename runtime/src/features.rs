@@ -87,3 +87,25 @@ pub fn features() -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_advertised_mount_option_is_understood() {
+        // An option rcrun does not know ends up as filesystem data.
+        assert!(
+            !crate::mounts::parse_options(&["mode=755".into()])
+                .data
+                .is_empty()
+        );
+        for option in MOUNT_OPTIONS {
+            let parsed = crate::mounts::parse_options(&[option.to_string()]);
+            assert!(
+                parsed.data.is_empty(),
+                "{option} is advertised but not understood"
+            );
+        }
+    }
+}

@@ -98,19 +98,24 @@ impl Drop for RawMode {
     }
 }
 
-/// Copies rcrun's terminal size onto the pty.
-pub(crate) fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+/// (rows, columns) of the terminal on `fd`, if it is one with a size.
+fn size_of(fd: BorrowedFd<'_>) -> Option<Winsize> {
     let mut ws = Winsize {
         ws_row: 0,
         ws_col: 0,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: ioctls on valid fds with a valid winsize.
-    unsafe {
-        if get_winsize(from.as_raw_fd(), &mut ws).is_ok() {
-            let _ = set_winsize(to.as_raw_fd(), &ws);
-        }
+    // SAFETY: TIOCGWINSZ fills a winsize.
+    unsafe { get_winsize(fd.as_raw_fd(), &mut ws) }.ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some(ws)
+}
+
+/// Copies rcrun's terminal size onto the pty.
+pub(crate) fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    if let Some(ws) = size_of(from) {
+        // SAFETY: ioctl on a valid fd with a valid winsize.
+        let _ = unsafe { set_winsize(to.as_raw_fd(), &ws) };
     }
 }
 
@@ -155,13 +160,5 @@ fn ptsname_of(master: &OwnedFd) -> Option<String> {
 
 /// (rows, columns) of rcrun's own terminal on stdin, if it has one.
 pub(crate) fn own_size() -> Option<(u16, u16)> {
-    let mut ws = Winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills a winsize.
-    unsafe { get_winsize(libc::STDIN_FILENO, &mut ws) }.ok()?;
-    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    size_of(std::io::stdin().as_fd()).map(|ws| (ws.ws_row, ws.ws_col))
 }

@@ -172,6 +172,19 @@ impl Bundle {
         );
     }
 
+    /// Asserts that `out` is a refusal: exit 125, `needle` in stderr, and no
+    /// container left in the state root.
+    pub fn assert_refused(&self, out: &Output, needle: &str) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        assert!(
+            self.list().is_empty(),
+            "state left behind: {:?}",
+            self.list()
+        );
+    }
+
     /// Foreground `run` of this bundle.
     pub fn run(&self, id: &str) -> Output {
         self.oci(&["run", "--bundle", self.path().to_str().unwrap(), id])
@@ -242,6 +255,32 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads a pty master until `done` holds for what was read, EOF, or `limit`.
+pub fn read_until(
+    master: &mut std::fs::File,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use std::io::Read;
+    let mut seen = String::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 512];
+    while !done(&seen) && Instant::now() < deadline {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(master),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    seen
 }
 
 /// Waits for `cond` with exponential backoff (1 ms doubling to 100 ms), up to `limit`.
